@@ -1,0 +1,43 @@
+# One-command set-up: `make demo` and `make test` build .venv on first use (idempotent).
+# TORCH_SPEC picks the torch build installed before everything else. The default takes the
+# CPU wheel where one lies on local disk (as on CI); a GPU user runs e.g.
+#   make TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cu124" demo
+# or installs torch into .venv first (an importable torch is never reinstalled).
+PYTHON ?= python3
+TORCH_SPEC ?= torch==2.13.0
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check -q
+
+.PHONY: install install-test demo test lint notebooks bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.torch: | $(PY)
+	$(PY) -c "import torch" 2>/dev/null || $(PIP) install $(TORCH_SPEC)
+	touch $@
+
+$(VENV)/.installed: pyproject.toml $(VENV)/.torch
+	$(PIP) install -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
+	$(PIP) install -e '.[test]'
+	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $@
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+
+demo: install
+	$(VENV)/bin/scoresde demo --out runs/demo
+
+lint: install-test
+	$(VENV)/bin/ruff check .
+
+test: install-test lint
+	MPLBACKEND=Agg $(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,34 @@
+"""scoresde: continuous-time score-based generative modelling in PyTorch.
+
+Forward SDEs with closed-form marginals, an exact Gaussian-mixture oracle, score-model
+adapters, denoising score matching, samplers and likelihoods.
+"""
+
+from scoresde import analytic
+from scoresde.analytic import GaussianMixture
+from scoresde.losses import dsm_loss
+from scoresde.score import DataScore, DirectScore, EpsilonScore, ScoreModel, VelocityScore
+from scoresde.sde import SDE, VESDE, VPSDE, LinearSDE, ProbabilityFlowODE, ReverseSDE, SubVPSDE
+from scoresde.train import FitResult, fit
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SDE",
+    "LinearSDE",
+    "VPSDE",
+    "SubVPSDE",
+    "VESDE",
+    "ReverseSDE",
+    "ProbabilityFlowODE",
+    "GaussianMixture",
+    "analytic",
+    "ScoreModel",
+    "DirectScore",
+    "EpsilonScore",
+    "DataScore",
+    "VelocityScore",
+    "dsm_loss",
+    "fit",
+    "FitResult",
+]

@@ -1,0 +1,122 @@
+r"""Continuous-time denoising score matching (Vincent 2011; Song et al. 2021, eq. 7).
+
+.. math::
+    \mathcal L(\theta) = \mathbb E_{t}\,\mathbb E_{x_0, \epsilon}\Big[\lambda(t)\,
+        \big\| s_\theta(\alpha_t x_0 + \sigma_t\epsilon, t) + \epsilon/\sigma_t \big\|^2\Big]
+
+with weighting :math:`\lambda(t) = \sigma_t^2` (``"sigma2"``, Song et al.'s default: the
+noise-prediction loss), :math:`g(t)^2` (``"likelihood"``: the bound on the negative
+log-likelihood of Song et al. 2021b) or 1 (``"none"``).
+
+Importance sampling for the likelihood weighting: since
+:math:`g^2/\sigma^2 = -\frac{d\lambda_{SNR}}{dt}` for any linear SDE, drawing t so that the
+log-SNR is uniform makes the weight constant, :math:`(\lambda_{SNR}(t_{min}) - \lambda_{SNR}(T))\,/\,(T - t_{min})`
+times :math:`\sigma_t^2`; the expectation is the same as with uniform t, the variance far lower.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from scoresde._tensor import append_dims, as_time
+from scoresde.sde.base import LinearSDE
+
+WEIGHTINGS = ("sigma2", "likelihood", "none")
+TIME_SAMPLINGS = ("uniform", "importance")
+
+
+def sample_time(
+    sde: LinearSDE,
+    batch: int,
+    *,
+    importance: bool = False,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """Training times ``(batch,)`` on ``[t_min, T]``: uniform in t, or uniform in log-SNR."""
+    u = torch.rand(batch, generator=generator, device=device, dtype=dtype)
+    if not importance:
+        return sde.t_min + (sde.T - sde.t_min) * u
+    lam_hi = sde.log_snr(torch.tensor(sde.t_min, device=device, dtype=dtype))
+    lam_lo = sde.log_snr(torch.tensor(sde.T, device=device, dtype=dtype))
+    return sde.inverse_log_snr(lam_lo + (lam_hi - lam_lo) * u).clamp(sde.t_min, sde.T)
+
+
+def dsm_loss(
+    model: Callable[[Tensor, Tensor], Tensor],
+    sde: LinearSDE,
+    x0: Tensor,
+    *,
+    weighting: str = "sigma2",
+    time_sampling: str = "uniform",
+    reduction: str = "mean",
+    t: Tensor | None = None,
+    noise: Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    r"""Denoising score matching loss of ``model(x, t) -> score``, averaged over the batch.
+
+    Args:
+        model: the score model (any parameterisation, see :mod:`scoresde.score`).
+        sde: a linear SDE (the perturbation kernel must be Gaussian).
+        x0: clean data ``(batch, *event)``.
+        weighting: ``"sigma2"``, ``"likelihood"`` or ``"none"``.
+        time_sampling: ``"uniform"`` on ``[t_min, T]``, or ``"importance"`` (uniform in
+            log-SNR; likelihood weighting only).
+        reduction: ``"mean"`` or ``"sum"`` of the squared error over the event dims.
+        t: fixed times ``(batch,)`` instead of sampled ones (the weight is then
+            :math:`\lambda(t)` itself, with no importance correction).
+        noise: fixed noise like ``x0`` instead of a fresh draw.
+        generator: for the draws of t and noise.
+
+    Returns:
+        A scalar tensor.
+    """
+    if not isinstance(sde, LinearSDE):
+        raise TypeError(f"dsm_loss needs a LinearSDE (a Gaussian perturbation kernel), got {type(sde).__name__}")
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+    if time_sampling not in TIME_SAMPLINGS:
+        raise ValueError(f"time_sampling must be one of {TIME_SAMPLINGS}, got {time_sampling!r}")
+    if time_sampling == "importance" and weighting != "likelihood":
+        raise ValueError(f"time_sampling='importance' is for weighting='likelihood', got weighting={weighting!r}")
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+    if x0.ndim < 2:
+        raise ValueError(f"x0 must be (batch, *event), got shape {tuple(x0.shape)}")
+    if noise is not None and noise.shape != x0.shape:
+        raise ValueError(f"noise shape {tuple(noise.shape)} differs from x0 shape {tuple(x0.shape)}")
+
+    importance = time_sampling == "importance" and t is None
+    if t is None:
+        t = sample_time(
+            sde, x0.shape[0], importance=importance, generator=generator, device=x0.device,
+            dtype=as_time(0.0, x0).dtype,
+        )
+    else:
+        sde.check_time(t)
+        t = as_time(t, x0)
+    if noise is None:
+        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+
+    alpha, sigma = sde.alpha(t), sde.sigma(t)
+    x_t = append_dims(alpha, x0.ndim).to(x0.dtype) * x0 + append_dims(sigma, x0.ndim).to(x0.dtype) * noise
+    # sigma^2 ||s + eps/sigma||^2 = ||sigma s + eps||^2: the sigma2-weighted residual
+    resid = append_dims(sigma, x0.ndim).to(x0.dtype) * model(x_t, t) + noise
+    err = resid.square().flatten(1)
+    err = err.mean(1) if reduction == "mean" else err.sum(1)
+
+    if weighting == "sigma2":
+        weight = torch.ones_like(sigma)
+    elif weighting == "none":
+        weight = sigma.square().reciprocal()
+    elif importance:
+        lam = sde.log_snr(torch.tensor([sde.t_min, sde.T], device=t.device, dtype=t.dtype))
+        weight = ((lam[0] - lam[1]) / (sde.T - sde.t_min)).expand_as(sigma)
+    else:
+        weight = sde.diffusion(t).square() / sigma.square()
+    return (weight.to(err.dtype) * err).mean()
