@@ -4,7 +4,7 @@ Forward SDEs with closed-form marginals, an exact Gaussian-mixture oracle, score
 adapters, denoising score matching, samplers and likelihoods.
 """
 
-from scoresde import analytic
+from scoresde import analytic, nn
 from scoresde.analytic import GaussianMixture
 from scoresde.losses import dsm_loss
 from scoresde.score import DataScore, DirectScore, EpsilonScore, ScoreModel, VelocityScore
@@ -23,6 +23,7 @@ __all__ = [
     "ProbabilityFlowODE",
     "GaussianMixture",
     "analytic",
+    "nn",
     "ScoreModel",
     "DirectScore",
     "EpsilonScore",

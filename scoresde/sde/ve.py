@@ -37,7 +37,7 @@ class VESDE(LinearSDE):
         super().__init__(T=T, t_min=t_min)
 
     def log_alpha(self, t: Tensor) -> Tensor:
-        return torch.zeros_like(t)
+        return 0.0 * t  # not zeros_like: stays differentiable in t
 
     def sigma(self, t: Tensor) -> Tensor:
         return self.sigma_min * torch.expm1(2 * self._log_ratio * t).sqrt()

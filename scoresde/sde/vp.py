@@ -47,6 +47,7 @@ class CosineBeta:
     def __init__(self, s: float = 0.008) -> None:
         self.s = _check_number("s", s, positive=True)
         self._log_cos0 = math.log(math.cos(self._phi(0.0)))
+        self._tan0 = math.tan(self._phi(0.0))
 
     def _phi(self, t):
         return (t + self.s) / (1 + self.s) * (math.pi / 2)
@@ -55,8 +56,9 @@ class CosineBeta:
         return math.pi / (1 + self.s) * torch.tan(self._phi(t))
 
     def integral(self, t: Tensor) -> Tensor:
-        # clamped: at t = 0 the two logs may differ in the last bit
-        return (-2 * (torch.cos(self._phi(t)).log() - self._log_cos0)).clamp_min(0)
+        # cos(phi0 + d)/cos(phi0) - 1 = -2 sin^2(d/2) - tan(phi0) sin(d), free of cancellation at small t
+        d = t / (1 + self.s) * (math.pi / 2)
+        return -2 * torch.log1p(-2 * torch.sin(d / 2).square() - self._tan0 * torch.sin(d))
 
     def inverse_integral(self, b: Tensor) -> Tensor:
         phi = torch.arccos((self._log_cos0 - 0.5 * b).exp())
