@@ -144,7 +144,7 @@ def test_reproducible_sampling():
         ((torch.zeros(3), torch.ones(3, 1)), r"means must be \(K, d\), got shape \(3,\)"),
         ((torch.zeros(2, 3), torch.ones(2, 2)), r"covs must be \(2, 3, 3\) or \(2, 3\), got shape \(2, 2\)"),
         ((torch.zeros(1, 2), torch.tensor([[[1.0, 0.5], [0.0, 1.0]]])), r"covs must be symmetric"),
-        ((torch.zeros(1, 2), torch.tensor([[[1.0, 2.0], [2.0, 1.0]]])), r"positive semi-definite, smallest eigenvalue -1"),
+        ((torch.zeros(1, 2), torch.tensor([[[1.0, 2.0], [2.0, 1.0]]])), r"semi-definite, smallest eigenvalue -1"),
         ((torch.zeros(2, 2), torch.ones(2, 2), torch.tensor([1.0, -1.0])), r"non-negative and not all zero"),
         ((torch.zeros(2, 2), torch.ones(2, 2), torch.ones(3)), r"weights must be \(2,\), got shape \(3,\)"),
         ((torch.full((1, 2), float("nan")), torch.ones(1, 2)), r"means must be finite"),
