@@ -338,13 +338,20 @@ def _integrate(
     torchdiffeq's bare "underflow in dt" into an error that says what went wrong."""
     t_span = torch.tensor([t_start, t_end], dtype=time_dtype(like.dtype), device=like.device)
     options = dict(options or {})
+    adjoint_options = dict(options)
     if method in _ADAPTIVE_METHODS:
         options.setdefault("norm", _per_sample_norm)
+        # torchdiffeq's adaptive steps overshoot the end time and interpolate back, evaluating
+        # the score outside [t_min, T] (NaN for VP below t = 0): make the last step land on it
+        options.setdefault("step_t", t_span[1:])
+        adjoint_options.setdefault("step_t", t_span[:1])  # the adjoint runs back to t_start
     kwargs: dict[str, Any] = {"rtol": rtol, "atol": atol, "method": method, "options": options}
     try:
         if adjoint:
             params = tuple(func.parameters()) if adjoint_params is None else tuple(adjoint_params)
-            solution = torchdiffeq.odeint_adjoint(func, y0, t_span, adjoint_params=params, **kwargs)
+            solution = torchdiffeq.odeint_adjoint(
+                func, y0, t_span, adjoint_params=params, adjoint_options=adjoint_options, **kwargs
+            )
         else:
             solution = torchdiffeq.odeint(func, y0, t_span, **kwargs)
     except AssertionError as err:
@@ -360,10 +367,14 @@ def _integrate(
             f"the ODE solver's step size underflowed between t={t_start} and t={t_end} (torchdiffeq: {err}): "
             "the probability-flow ODE is too stiff here; try a larger t_min or looser rtol/atol"
         ) from err
-    end = tuple(s[-1] for s in solution) if isinstance(solution, tuple) else solution[-1]
-    for name, value in zip(("the ODE end state", "the log-density change"), end if isinstance(end, tuple) else (end,)):
-        check_finite(value.detach(), name)
-    return end
+    if isinstance(solution, tuple):
+        end = tuple(s[-1] for s in solution)
+        names = ("the ODE end state", "the log-density change")
+        for name, value in zip(names, end, strict=True):
+            check_finite(value.detach(), name)
+        return end
+    check_finite(solution[-1].detach(), "the ODE end state")
+    return solution[-1]
 
 
 # ----------------------------------------------------------------------------- validation
