@@ -6,6 +6,20 @@ adapters, denoising score matching, samplers and likelihoods.
 
 from scoresde import analytic, nn
 from scoresde.analytic import GaussianMixture
+from scoresde.likelihood import (
+    BitsPerDimResult,
+    BpdEvaluation,
+    DataTransform,
+    DecodeResult,
+    EncodeResult,
+    LikelihoodResult,
+    bits_per_dim,
+    decode,
+    divergence,
+    encode,
+    evaluate_bpd,
+    log_likelihood,
+)
 from scoresde.losses import dsm_loss
 from scoresde.score import DataScore, DirectScore, EpsilonScore, ScoreModel, VelocityScore
 from scoresde.sde import SDE, VESDE, VPSDE, LinearSDE, ProbabilityFlowODE, ReverseSDE, SubVPSDE
@@ -32,4 +46,16 @@ __all__ = [
     "dsm_loss",
     "fit",
     "FitResult",
+    "log_likelihood",
+    "LikelihoodResult",
+    "divergence",
+    "bits_per_dim",
+    "BitsPerDimResult",
+    "DataTransform",
+    "evaluate_bpd",
+    "BpdEvaluation",
+    "encode",
+    "EncodeResult",
+    "decode",
+    "DecodeResult",
 ]
