@@ -89,7 +89,9 @@ def sdeint_reverse_sde(
     batch, event_shape = x.shape[0], tuple(x.shape[1:])
     t_start = float(times[0])
     func = _ReverseTimeSDE(sde, score_fn, t_start, x, "stratonovich" if method == "reversible_heun" else "ito")
-    u = (t_start - times).to(device=x.device)
+    # in the state's dtype, with the Brownian interval's end read back from it: a float64 end
+    # next to float32 times makes torchsde warn that it queries past the interval
+    u = (t_start - times).to(device=x.device, dtype=x.dtype)
     y0 = x.reshape(batch, -1)
     entropy = int(torch.randint(0, 2**62, (), generator=generator, device=generator.device if generator else "cpu"))
     brownian = torchsde.BrownianInterval(
@@ -102,6 +104,6 @@ def sdeint_reverse_sde(
         levy_area_approximation="space-time" if method == "srk" else "none",
     )
     dt = float(u[-1]) / num_steps * _DT_STRETCH
-    ys = torchsde.sdeint(func, y0, u.to(x.dtype), bm=brownian, method=method, dt=dt)
+    ys = torchsde.sdeint(func, y0, u, bm=brownian, method=method, dt=dt)
     func.first_bad.raise_if_any(f"the reverse-SDE drift (torchsde {method})", unit="drift evaluation")
     return ys.reshape(len(times), batch, *event_shape)
