@@ -39,5 +39,17 @@ lint: install-test
 test: install-test lint
 	MPLBACKEND=Agg $(PY) -m pytest -q
 
+# Re-execute every notebook in place, keeping its outputs (the committed figures). NB_FAST=1
+# gives the test suite's small sizes; the default is the full-size run that gets committed.
+# NB=01_forward_sdes.ipynb runs one.
+NB_FAST ?= 0
+NB ?= *.ipynb
+notebooks: install-test
+	cd notebooks && for nb in $(NB); do \
+		echo "executing $$nb"; \
+		env -u MPLBACKEND SCORESDE_FAST=$(NB_FAST) PYTHONPATH="$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH}" \
+		$(abspath $(VENV))/bin/jupyter-execute --inplace --kernel_name=python3 --timeout=1800 "$$nb" || exit 1; \
+	done
+
 clean:
 	rm -rf $(VENV) runs .pytest_cache
