@@ -62,7 +62,7 @@ def samplers(quick: bool) -> list[tuple[str, dict, bool]]:
         runs.append(("sde:euler", {"fn": "sde", "num_steps": n}, False))
         runs.append(("pc:ancestral", {"fn": "pc", "predictor": "ancestral", "corrector": None, "num_steps": n}, False))
         runs.append(("pc:reverse_diffusion+langevin(batch)",
-                     {"fn": "pc", "num_steps": n, "corrector_norm": "batch", "denoise": False}, False))  # fmt: skip
+                     {"fn": "pc", "num_steps": n, "denoise": False}, False))  # fmt: skip
     return runs
 
 

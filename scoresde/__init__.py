@@ -22,7 +22,7 @@ from scoresde.likelihood import (
 )
 from scoresde.losses import dsm_loss
 from scoresde.metrics import sliced_wasserstein
-from scoresde.sample import SampleResult, Trajectory, encode_ode, sample_ode, sample_pc, sample_sde
+from scoresde.sample import SampleResult, Trajectory, sample_ode, sample_pc, sample_sde
 from scoresde.score import DataScore, DirectScore, EpsilonScore, ScoreModel, VelocityScore
 from scoresde.sde import SDE, VESDE, VPSDE, LinearSDE, ProbabilityFlowODE, ReverseSDE, SubVPSDE
 from scoresde.solvers import NonFiniteError
@@ -65,7 +65,6 @@ __all__ = [
     "sample_pc",
     "sample_sde",
     "sample_ode",
-    "encode_ode",
     "SampleResult",
     "Trajectory",
     "NonFiniteError",

@@ -41,7 +41,7 @@ from scoresde.solvers._common import (
 )
 from scoresde.solvers.correctors import CORRECTORS, Corrector
 from scoresde.solvers.ode import ODE_STEPPERS, ExponentialIntegrator
-from scoresde.solvers.odeint import FIXED_GRID_ODEINT_METHODS, ODEINT_METHODS, odeint_pf_ode
+from scoresde.solvers.odeint import ADAPTIVE_ODEINT_METHODS, ODEINT_METHODS, FlowField, check_odeint_args, odeint
 from scoresde.solvers.predictors import PREDICTORS, EulerMaruyama, Predictor
 from scoresde.solvers.sdeint import SDEINT_METHODS, sdeint_reverse_sde
 from scoresde.timesteps import check_time_grid, time_grid
@@ -219,7 +219,7 @@ def sample_pc(
     corrector: str | None = "langevin",
     snr: float = 0.16,
     corrector_steps: int = 1,
-    corrector_norm: str = "per_sample",
+    corrector_norm: str = "batch",
     grid: str = "uniform",
     t_end: float | None = None,
     timesteps: Tensor | Sequence[float] | None = None,
@@ -244,7 +244,8 @@ def sample_pc(
             needs a :class:`~scoresde.LinearSDE`).
         corrector: ``"langevin"``, ``"annealed_langevin"`` (needs a LinearSDE) or ``None``.
         snr, corrector_steps: the correctors' signal-to-noise ratio and number of updates.
-        corrector_norm: ``"per_sample"`` or ``"batch"`` norms in the Langevin step size.
+        corrector_norm: ``"batch"`` (default) or ``"per_sample"`` norms in the Langevin step
+            size (per-sample steps are biased: see :class:`~scoresde.solvers.LangevinCorrector`).
 
     Returns:
         :class:`SampleResult` with ``x`` of shape ``shape`` (or ``x_init``'s).
@@ -358,18 +359,17 @@ def sample_ode(
             DPM-Solver recommends, else ``"uniform"``).
         options: passed to torchdiffeq's ``odeint``.
 
-    :func:`encode_ode` integrates the same ODE forward, from data to latent.
+    :func:`~scoresde.encode` integrates the same ODE forward, from data to latent.
     """
     sde = require_sde(sde)
     score = CountingScore(score_fn)
-    adaptive = method in ODEINT_METHODS and method not in FIXED_GRID_ODEINT_METHODS
+    adaptive = method in ADAPTIVE_ODEINT_METHODS
     if method not in ODE_STEPPERS and method not in ODEINT_METHODS:
         raise ValueError(f"method must be one of {(*ODE_STEPPERS, *ODEINT_METHODS)}, got {method!r}")
     stepper = ODE_STEPPERS[method](sde, score) if method in ODE_STEPPERS else None
     _check_denoise(sde, denoise)
-    for name, tol in (("rtol", rtol), ("atol", atol)):
-        if not isinstance(tol, (int, float)) or not tol > 0:
-            raise ValueError(f"{name} must be a number > 0, got {tol!r}")
+    if stepper is None:
+        check_odeint_args(method, rtol, atol)
     if adaptive:
         if num_steps is not None:
             raise ValueError(f"method={method!r} chooses its own steps: set rtol/atol, not num_steps={num_steps}")
@@ -383,7 +383,7 @@ def sample_ode(
     x = _initial_state(sde, shape, x_init, generator, device, dtype)
     times, mask = _with_save_points(times, save_at)
     if stepper is None:
-        states = odeint_pf_ode(sde, score, x, times.to(x.device), method=method, rtol=rtol, atol=atol, options=options)
+        states = odeint(FlowField(sde, score), x, times, method=method, rtol=rtol, atol=atol, options=options)
         saved = list(states[mask.to(states.device)])
         return _finish(sde, score, states[-1], times, denoise, _trajectory(times, mask, saved))
     ctx = StepContext(generator=generator)
@@ -396,31 +396,3 @@ def sample_ode(
     x, saved = _run_grid(step, x, times, mask, progress=progress, desc=f"sample_ode({method})")
     return _finish(sde, score, x, times, denoise, _trajectory(times, mask, saved))
 
-
-def encode_ode(
-    score_fn: ScoreFn,
-    sde: SDE,
-    x: Tensor,
-    *,
-    method: str = "dopri5",
-    rtol: float = 1e-5,
-    atol: float = 1e-5,
-    t_start: float | None = None,
-    t_end: float | None = None,
-    options: dict[str, Any] | None = None,
-) -> SampleResult:
-    r"""Map data to latents: the probability-flow ODE integrated *forward* from ``t_start``
-    (default ``t_min``) to ``t_end`` (default ``T``) with torchdiffeq. The inverse of
-    :func:`sample_ode` with ``x_init`` the result and the same end points, up to the solver's
-    tolerance."""
-    sde = require_sde(sde)
-    score = CountingScore(score_fn)
-    if method not in ODEINT_METHODS:
-        raise ValueError(f"encode_ode takes a torchdiffeq method {ODEINT_METHODS}, got {method!r}")
-    x = _initial_state(sde, None, x, None, None, None)
-    t_from = sde.t_min if t_start is None else t_start
-    t_to = sde.T if t_end is None else t_end
-    # checked as the descending grid it reverses, then flipped to run forward
-    times = check_time_grid(sde, [t_to, t_from]).flip(0).to(x.device)
-    states = odeint_pf_ode(sde, score, x, times, method=method, rtol=rtol, atol=atol, options=options)
-    return SampleResult(x=states[-1], nfe=score.calls)

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import scoresde as sd
-from scoresde.sample import encode_ode, sample_ode, sample_sde
+from scoresde.sample import sample_ode, sample_sde
 from tests.conftest import SDE_FACTORIES, overlapping_mixture_2d
 
 ORDERS = {"euler": 1, "heun": 2, "ddim": 1, "dpmpp_2m": 2, "dpmpp_3m": 3}
@@ -108,15 +108,15 @@ def test_probability_flow_is_invertible(sde_name):
     gmm = overlapping_mixture_2d()
     score = gmm.score_fn(sde)
     x0 = gmm.sample(128, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
-    z = encode_ode(score, sde, x0, rtol=1e-9, atol=1e-9, t_start=T_END)
-    back = sample_ode(score, sde, x_init=z.x, rtol=1e-9, atol=1e-9, t_end=T_END)
+    z = sd.encode(score, sde, x0, rtol=1e-9, atol=1e-9, t_min=T_END)
+    back = sample_ode(score, sde, x_init=z.z, rtol=1e-9, atol=1e-9, t_end=T_END)
     assert z.nfe > 0 and back.nfe > 0
     # tolerance 1e-9 per step, over a few hundred steps, amplified by the flow's Lipschitz
     # constant (~1/sigma(t_end) on the way back): 1e-5 is comfortably above what is reached
     torch.testing.assert_close(back.x, x0, rtol=0, atol=1e-5)
     # and the latents are distributed as the prior: unit variance for VP
     if sde_name == "vp":
-        assert abs(z.x.std().item() - 1) < 0.15
+        assert abs(z.z.std().item() - 1) < 0.15
 
 
 @pytest.mark.timeout(120)

@@ -13,7 +13,13 @@ from scoresde.solvers.ode import (
     Heun,
     ODEStepper,
 )
-from scoresde.solvers.odeint import FIXED_GRID_ODEINT_METHODS, ODEINT_METHODS, odeint_pf_ode
+from scoresde.solvers.odeint import (
+    ADAPTIVE_ODEINT_METHODS,
+    FIXED_GRID_ODEINT_METHODS,
+    ODEINT_METHODS,
+    FlowField,
+    odeint,
+)
 from scoresde.solvers.predictors import PREDICTORS, AncestralSampling, EulerMaruyama, Predictor, ReverseDiffusion
 from scoresde.solvers.sdeint import SDEINT_METHODS, sdeint_reverse_sde
 
@@ -38,8 +44,10 @@ __all__ = [
     "DPMSolverPP2M",
     "DPMSolverPP3M",
     "ODE_STEPPERS",
-    "odeint_pf_ode",
+    "odeint",
+    "FlowField",
     "ODEINT_METHODS",
+    "ADAPTIVE_ODEINT_METHODS",
     "FIXED_GRID_ODEINT_METHODS",
     "sdeint_reverse_sde",
     "SDEINT_METHODS",

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from scoresde._tensor import as_time
 from scoresde.sde.base import SDE, LinearSDE, ScoreFn
@@ -23,18 +23,25 @@ class StepContext:
     history: list[Any] = field(default_factory=list)
 
 
-class CountingScore:
-    """Wraps ``score_fn(x, t)`` and counts its calls (the NFE), as a python int: no sync."""
+class CountingScore(nn.Module):
+    """Wraps ``score_fn(x, t)``, counts its calls (the NFE, a python int: no sync) and checks
+    that each output is shaped like ``x`` (metadata only). A module, so that a score model's
+    parameters are found through it (torchdiffeq's adjoint)."""
 
     def __init__(self, score_fn: ScoreFn) -> None:
+        super().__init__()
         if not callable(score_fn):
             raise TypeError(f"score_fn must be callable (x, t) -> score, got {type(score_fn).__name__}")
         self.score_fn = score_fn
         self.calls = 0
 
-    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        score = self.score_fn(x, t)
         self.calls += 1
-        return self.score_fn(x, t)
+        if not isinstance(score, Tensor) or score.shape != x.shape:
+            got = tuple(score.shape) if isinstance(score, Tensor) else type(score).__name__
+            raise ValueError(f"score_fn returned {got} for x of shape {tuple(x.shape)}; it must match x")
+        return score
 
 
 def require_linear_sde(sde: SDE, solver: str) -> LinearSDE:
