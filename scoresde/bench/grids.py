@@ -27,6 +27,7 @@ from scoresde.sde.base import LinearSDE
 POWERS = (1.0, 1.5, 2.0, 2.5, 3.0)
 RHOS = (1.0, 2.0, 3.0, 5.0, 7.0, 12.0, math.inf)
 CANDIDATES = tuple(f"power:{k:g}" for k in POWERS) + tuple(f"karras:{r:g}" for r in RHOS)
+QUICK_CANDIDATES = ("power:1", "power:1.5", "power:2", "power:2.5", "karras:3", "karras:7", "karras:inf")
 RECOMMENDED = {"scoresde": "karras:inf", "k-diffusion": "karras:7"}
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from scoresde.bench import report
+from scoresde.bench.grids import CANDIDATES, QUICK_CANDIDATES
 from scoresde.bench.likelihood import all_methods, run_likelihood
 from scoresde.bench.overhead import run_overhead
 from scoresde.bench.peers import load_flow_matching_solver, load_k_diffusion_sampling
@@ -25,11 +26,14 @@ from scoresde.bench.sampling import run_sampling
 
 PARTS = ("sampling", "likelihood", "overhead")
 ALL_PROBLEMS = tuple(f"{m}-{s}" for m in MIXTURES for s in SDES)
+QUICK_PROBLEMS = ("2d-vp", "2d-subvp", "2d-ve", "16d-vp", "16d-ve")
 LIKELIHOOD_PROBLEMS = ("2d-vp", "2d-ve", "16d-vp", "16d-ve")
 MODES = {
-    "quick": {"budgets": [5, 10, 20, 50], "samples": {"2d": 500, "16d": 300}, "pilot": 100, "repeats": 3,
+    "quick": {"budgets": [5, 10, 20, 50], "samples": {"2d": 500, "16d": 300}, "pilot": 64, "repeats": 3,
+              "problems": QUICK_PROBLEMS, "grids": QUICK_CANDIDATES,
               "ll_points": {"2d": 128, "16d": 64}, "tolerances": [1e-2, 1e-3, 1e-4, 3e-5, 1e-5, 3e-6]},
     "full": {"budgets": [5, 10, 15, 20, 30, 50, 100, 200], "samples": {"2d": 4000, "16d": 2000}, "pilot": 256,
+             "problems": ALL_PROBLEMS, "grids": CANDIDATES,
              "repeats": 5, "ll_points": {"2d": 512, "16d": 256},
              "tolerances": [1e-2, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5, 3e-6, 1e-6]},
 }  # fmt: skip
@@ -40,7 +44,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--full", action="store_true", help="the full mode (more samples, budgets, tolerances)")
     parser.add_argument("--only", nargs="+", choices=PARTS, default=list(PARTS), help="which parts to run")
     parser.add_argument("--problems", nargs="+", choices=ALL_PROBLEMS, default=None,
-                        help="mixture-SDE problems (default: all for sampling, 2-D/16-D VP/VE for likelihood)")
+                        help="mixture-SDE problems (default: quick 5, full all 6; likelihood: 2-D/16-D VP/VE)")
     parser.add_argument("--no-peers", action="store_true", help="skip k-diffusion and flow_matching")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="output folder")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 on a shared CPU)")
@@ -76,9 +80,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return [Problem(*n.split("-"), num_samples=mode["samples"][n.split("-")[0]]) for n in names]
 
     if "sampling" in args.only:
+        with_k_diffusion = peers and load_k_diffusion_sampling() is not None
         rows = run_sampling(
-            problems(args.problems or ALL_PROBLEMS), all_samplers(peers and load_k_diffusion_sampling() is not None),
-            mode["budgets"], pilot_size=mode["pilot"], repeats=mode["repeats"],
+            problems(args.problems or mode["problems"]), all_samplers(with_k_diffusion),
+            mode["budgets"], pilot_size=mode["pilot"], repeats=mode["repeats"], grids=mode["grids"],
         )  # fmt: skip
         _write(args.out, "sampling.json", meta | {"budgets": mode["budgets"]}, rows)
         report.plot_sampling(rows, args.out / "sampling.png")

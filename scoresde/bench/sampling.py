@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from scoresde.bench.grids import RECOMMENDED, select_grid
+from scoresde.bench.grids import CANDIDATES, RECOMMENDED, select_grid
 from scoresde.bench.measure import distribution_errors, interleaved_times, pathwise_errors
 from scoresde.bench.problems import Problem
 from scoresde.bench.samplers import ADAPTIVE_TOLERANCES, Sampler
@@ -20,7 +20,7 @@ PILOT_SEED = 10
 NOISE_SEED = 3
 
 
-def _pilot_grid(sampler: Sampler, pilot: Problem, level: float) -> str:
+def _pilot_grid(sampler: Sampler, pilot: Problem, level: float, grids: tuple[str, ...]) -> str:
     if not (sampler.takes_grid and sampler.deterministic):
         return RECOMMENDED[sampler.library]
 
@@ -31,7 +31,7 @@ def _pilot_grid(sampler: Sampler, pilot: Problem, level: float) -> str:
             return math.inf
         return (x - pilot.reference).square().sum(1).mean().sqrt().nan_to_num(math.inf).item()
 
-    return select_grid(pilot_rmse)
+    return select_grid(pilot_rmse, grids)
 
 
 def _row(problem: Problem, sampler: Sampler, level: float, grid: str, seconds: float, out) -> dict:
@@ -53,6 +53,7 @@ def run_sampling(
     *,
     pilot_size: int,
     repeats: int,
+    grids: tuple[str, ...] = CANDIDATES,
     log: Callable[[str], None] = print,
 ) -> list[dict]:
     """All rows (one per problem, sampler and budget or tolerance) as plain dicts."""
@@ -65,7 +66,7 @@ def run_sampling(
         jobs = [(s, float(b)) for b in budgets for s in fixed]
         jobs += [(s, tol) for tol in ADAPTIVE_TOLERANCES for s in adaptive]
         for level in dict.fromkeys(level for _, level in jobs):
-            batch = [(s, lv, _pilot_grid(s, pilot, lv)) for s, lv in jobs if lv == level]
+            batch = [(s, lv, _pilot_grid(s, pilot, lv, grids)) for s, lv in jobs if lv == level]
             calls = [
                 (lambda s=s, lv=lv, g=g, p=problem: s.run(p, p.x_init, lv, g, NOISE_SEED)) for s, lv, g in batch
             ]
