@@ -220,7 +220,7 @@ def sample_pc(
     corrector: str | None = "langevin",
     snr: float = 0.16,
     corrector_steps: int = 1,
-    corrector_norm: str = "per_sample",
+    corrector_norm: str = "batch",
     grid: str = "uniform",
     t_end: float | None = None,
     timesteps: Tensor | Sequence[float] | None = None,
@@ -245,7 +245,8 @@ def sample_pc(
             needs a :class:`~scoresde.LinearSDE`).
         corrector: ``"langevin"``, ``"annealed_langevin"`` (needs a LinearSDE) or ``None``.
         snr, corrector_steps: the correctors' signal-to-noise ratio and number of updates.
-        corrector_norm: ``"per_sample"`` or ``"batch"`` norms in the Langevin step size.
+        corrector_norm: ``"batch"`` (default) or ``"per_sample"`` norms in the Langevin step
+            size (per-sample steps are biased: see :class:`~scoresde.solvers.LangevinCorrector`).
 
     Returns:
         :class:`SampleResult` with ``x`` of shape ``shape`` (or ``x_init``'s).

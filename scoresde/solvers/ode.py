@@ -126,8 +126,9 @@ class DDIM(ExponentialIntegrator):
     r"""DDIM (Song, Meng & Ermon 2021) = the first-order exponential integrator on the data
     prediction (Lu et al. 2022, DPM-Solver++ 1):
     :math:`x_s = \frac{\sigma_s}{\sigma_t} x_t + \alpha_s (1 - e^{-h})\,\hat x_0(x_t, t)`.
-    Exact when :math:`\hat x_0` does not depend on :math:`\ell` along the path (a point mass),
-    and on a single Gaussian whenever the score is exact (see the tests). Order 1."""
+    Exact when :math:`\hat x_0` does not depend on :math:`\ell` along the path (data that is a
+    point mass); for a Gaussian of non-zero variance :math:`\hat x_0` moves along the path and
+    the error is first order (see the tests). Order 1."""
 
     order = 1
 
