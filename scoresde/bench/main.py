@@ -103,7 +103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         report.plot_likelihood(rows, args.out / "likelihood.png")
         sections += ["## Likelihood targets (max error <= 1e-3 nats/dim; ratios ours / peer)",
                      report.markdown_table(report.likelihood_targets(rows), [
-                         "problem", "scoresde_nfe", "k_diffusion_nfe", "scipy_nfe", "nfe_ratio_vs_k_diffusion",
+                         "problem", "scoresde_method", "scoresde_nfe", "k_diffusion_nfe", "scipy_nfe",
+                         "nfe_ratio_vs_k_diffusion",
                          "nfe_ratio_vs_scipy", "scoresde_seconds", "k_diffusion_seconds", "time_ratio_vs_k_diffusion"]),
                      "## Likelihood: all rows",
                      report.markdown_table(rows, [

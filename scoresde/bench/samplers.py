@@ -57,9 +57,14 @@ def _ours_adaptive(method: str) -> RunFn:
 
 def _ours_stochastic(kind: str) -> RunFn:
     def run(problem: Problem, x_init: Tensor, budget: float, grid: str, seed: int) -> tuple[Tensor, int]:
-        times = make_grid(problem.sde, max(int(budget) - 1, 1), grid, T_END)
+        evals_per_step = 2 if kind == "langevin" else 1
+        times = make_grid(problem.sde, max((int(budget) - 1) // evals_per_step, 1), grid, T_END)
         g = torch.Generator().manual_seed(seed)
-        if kind == "euler_maruyama":
+        if kind == "langevin":  # Song et al.'s reverse diffusion + one Langevin step (library defaults)
+            res = sample_pc(
+                problem.score_fn, problem.sde, x_init=x_init, timesteps=times, num_steps=None, denoise=True, generator=g
+            )
+        elif kind == "euler_maruyama":
             res = sample_sde(
                 problem.score_fn, problem.sde, x_init=x_init, timesteps=times, num_steps=None, denoise=True, generator=g
             )
@@ -124,6 +129,7 @@ def all_samplers(with_k_diffusion: bool) -> list[Sampler]:
         Sampler("scoresde:dopri5", "scoresde", _ours_adaptive("dopri5"), takes_grid=False, adaptive=True),
         Sampler("scoresde:sde_euler", "scoresde", _ours_stochastic("euler_maruyama"), deterministic=False),
         Sampler("scoresde:pc_ancestral", "scoresde", _ours_stochastic("ancestral"), deterministic=False),
+        Sampler("scoresde:pc_langevin", "scoresde", _ours_stochastic("langevin"), deterministic=False),
     ]
     if not with_k_diffusion:
         return ours
