@@ -154,6 +154,12 @@ class GaussianMixture:
         zero = y.new_zeros(y.shape[0])
         return self._score(y, zero + 1, zero).reshape(x.shape)
 
+    def component(self, x: Tensor) -> Tensor:
+        """Index of each sample's most responsible component under :math:`p_0`, ``(batch,)``."""
+        y = self._flat(x)
+        zero = y.new_zeros(y.shape[0])
+        return self._components(y, zero + 1, zero)[0].argmax(1)
+
     def sample(
         self,
         n: int,

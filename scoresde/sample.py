@@ -40,9 +40,10 @@ from scoresde.solvers._common import (
     require_sde,
 )
 from scoresde.solvers.correctors import CORRECTORS, Corrector
-from scoresde.solvers.ode import ODE_STEPPERS, ExponentialIntegrator
+from scoresde.solvers.ode import LogSNRStepper
 from scoresde.solvers.odeint import ADAPTIVE_ODEINT_METHODS, ODEINT_METHODS, FlowField, check_odeint_args, odeint
 from scoresde.solvers.predictors import PREDICTORS, EulerMaruyama, Predictor
+from scoresde.solvers.registry import ODE_STEPPERS
 from scoresde.solvers.sdeint import SDEINT_METHODS, sdeint_reverse_sde
 from scoresde.timesteps import check_time_grid, time_grid
 
@@ -378,7 +379,7 @@ def sample_ode(
     else:
         kind = grid or ("log_snr" if isinstance(sde, LinearSDE) else "uniform")
         times = _grid(sde, timesteps, num_steps, kind, t_end)
-    if isinstance(stepper, ExponentialIntegrator) and times[-1] <= 0:
+    if isinstance(stepper, LogSNRStepper) and times[-1] <= 0:
         raise ValueError(f"method={method!r} works in log-SNR, infinite at t=0: end the grid at t_end > 0")
     x = _initial_state(sde, shape, x_init, generator, device, dtype)
     times, mask = _with_save_points(times, save_at)

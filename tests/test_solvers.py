@@ -7,6 +7,10 @@ declared order over N = 20..160: below ~20 steps the error is not yet asymptotic
 1.7 for 2M at 10 -> 20), and the mixture's components overlap, so no sample switches basin
 between step counts, which would make the error jump rather than scale.
 
+UniPC-2 and UniPC-3 (declared orders 3 and 4) are fitted over N = 20..160 like the others:
+measured slopes per doubling 2.99/3.00/3.00 and 3.43/3.84/3.94 on VP (UniPC-3's first step,
+corrected to local order 3, only shows below ~20 steps).
+
 DPM-Solver++(3M) is fitted over N = 10..80 instead: its first step is DDIM and its second
 2M (as in Lu et al.), whose O(h^2) local errors make the scheme's true asymptotic order 2.
 While the interior O(h^3) error dominates (up to ~80 steps here) the slope is 3; beyond it
@@ -22,7 +26,7 @@ import scoresde as sd
 from scoresde.sample import sample_ode, sample_sde
 from tests.conftest import SDE_FACTORIES, overlapping_mixture_2d
 
-ORDERS = {"euler": 1, "heun": 2, "ddim": 1, "dpmpp_2m": 2, "dpmpp_3m": 3}
+ORDERS = {"euler": 1, "heun": 2, "ddim": 1, "dpmpp_2m": 2, "dpmpp_3m": 3, "unipc_2": 3, "unipc_3": 4}
 STEPS = {method: [20, 40, 80, 160] for method in ORDERS} | {"dpmpp_3m": [10, 20, 40, 80]}
 T_END = 1e-3
 MEASURED_SLOPES: dict[tuple[str, str], float] = {}
@@ -78,7 +82,7 @@ def single_gaussian(sde_name, s0):
 
 
 @pytest.mark.parametrize("sde_name", list(SDE_FACTORIES))
-@pytest.mark.parametrize("method", ["ddim", "dpmpp_2m", "dpmpp_3m"])
+@pytest.mark.parametrize("method", ["ddim", "dpmpp_2m", "dpmpp_3m", "unipc_2", "unipc_3"])
 def test_exponential_integrators_exact_for_a_point_mass(sde_name, method):
     # data N(mu, 0): x0_hat = mu at every (x, t), so the exponential integrator's integral of
     # e^ell x0_hat is exact (and the multistep differences vanish): exact at any step count.
@@ -139,3 +143,39 @@ def test_euler_maruyama_weak_error_falls():
     assert errors[0] > errors[1] > errors[2]
     assert errors[0] > 10 * standard_error
     assert errors[-1] < errors[0] / 4
+
+
+@pytest.mark.parametrize("variant", ["bh1", "bh2"])
+def test_unipc_b_h_variants_keep_the_order(ode_problem, variant):
+    # Zhao et al.'s fixed a_1 = 1/2 with B(h) = h or 1 - e^-h in the one-difference corrector:
+    # a different error constant, the same order (3 for UniPC-2)
+    _, sde, score, x_init, ref = ode_problem
+    steps, errors = [20, 40, 80, 160], []
+    for n in steps:
+        stepper = sd.solvers.UniPC2(sde, score, variant=variant)
+        ctx = sd.solvers.StepContext()
+        grid = sd.time_grid(sde, n, "log_snr", t_end=T_END)
+        x = x_init
+        for i in range(n):
+            x = stepper.step(x, grid[i], grid[i + 1], ctx)
+        errors.append((x - ref).square().sum(1).mean().sqrt().item())
+    assert abs(fitted_slope(steps, errors) - 3) < 0.3, errors
+
+
+def test_unipc_rejects_an_unknown_variant():
+    with pytest.raises(ValueError, match="variant must be one of"):
+        sd.solvers.UniPC3(sd.VPSDE(), lambda x, t: x, variant="bh3")
+
+
+@pytest.mark.parametrize("h", [1e-3, 0.3, 1.9, 2.1, 6.0])
+@pytest.mark.parametrize("num_nodes", [1, 2, 3, 4])
+def test_exponential_weights_integrate_polynomials_exactly(h, num_nodes):
+    # sum_k w_k p(u_k) = h int_0^1 e^{-(1-u)h} p(u) du for every p of degree < num_nodes
+    h = torch.tensor(h, dtype=torch.float64)
+    nodes = torch.tensor([1.0, 0.0, -0.7, -1.9][:num_nodes], dtype=torch.float64)
+    weights = sd.solvers.exponential_weights(h, nodes)
+    u = torch.linspace(0, 1, 400_001, dtype=torch.float64)
+    kernel = h * torch.exp(-(1 - u) * h)
+    for degree in range(num_nodes):
+        exact = torch.trapezoid(kernel * u**degree, u)
+        torch.testing.assert_close((weights * nodes**degree).sum(), exact, rtol=1e-8, atol=1e-12)

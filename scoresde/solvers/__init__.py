@@ -3,14 +3,15 @@ torchdiffeq and torchsde. Each class documents its order and its paper."""
 
 from scoresde.solvers._common import CountingScore, NonFiniteError, StepContext
 from scoresde.solvers.correctors import CORRECTORS, AnnealedLangevin, Corrector, LangevinCorrector
+from scoresde.solvers.exponential import exponential_moments, exponential_weights
 from scoresde.solvers.ode import (
     DDIM,
-    ODE_STEPPERS,
     DPMSolverPP2M,
     DPMSolverPP3M,
     Euler,
     ExponentialIntegrator,
     Heun,
+    LogSNRStepper,
     ODEStepper,
 )
 from scoresde.solvers.odeint import (
@@ -21,7 +22,9 @@ from scoresde.solvers.odeint import (
     odeint,
 )
 from scoresde.solvers.predictors import PREDICTORS, AncestralSampling, EulerMaruyama, Predictor, ReverseDiffusion
+from scoresde.solvers.registry import ODE_STEPPERS
 from scoresde.solvers.sdeint import SDEINT_METHODS, sdeint_reverse_sde
+from scoresde.solvers.unipc import UNIPC_VARIANTS, UniPC, UniPC2, UniPC3
 
 __all__ = [
     "CountingScore",
@@ -39,10 +42,17 @@ __all__ = [
     "ODEStepper",
     "Euler",
     "Heun",
+    "LogSNRStepper",
     "ExponentialIntegrator",
     "DDIM",
     "DPMSolverPP2M",
     "DPMSolverPP3M",
+    "UniPC",
+    "UniPC2",
+    "UniPC3",
+    "UNIPC_VARIANTS",
+    "exponential_moments",
+    "exponential_weights",
     "ODE_STEPPERS",
     "odeint",
     "FlowField",

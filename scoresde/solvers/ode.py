@@ -74,7 +74,18 @@ class Heun(ODEStepper):
         return x + 0.5 * h * (v + self.velocity(x_euler, s))
 
 
-class ExponentialIntegrator(ODEStepper):
+class LogSNRStepper(ODEStepper):
+    r"""A stepper working in the half log-SNR :math:`\ell = \log(\alpha/\sigma)` on the data
+    prediction: needs a :class:`~scoresde.LinearSDE` and a grid ending at ``t > 0``."""
+
+    def __init__(self, sde: SDE, score_fn: ScoreFn) -> None:
+        super().__init__(require_linear_sde(sde, type(self).__name__), score_fn)
+
+    def half_log_snr(self, t: Tensor) -> Tensor:
+        return 0.5 * self.sde.log_snr(t)
+
+
+class ExponentialIntegrator(LogSNRStepper):
     r"""Multistep exponential integrator in :math:`\ell = \log(\alpha/\sigma)` on the data
     prediction (DPM-Solver++, Lu et al. 2022). With :math:`h = \ell_s - \ell_t > 0`,
 
@@ -88,12 +99,6 @@ class ExponentialIntegrator(ODEStepper):
     :math:`D_2 \approx h^2 \hat x_0''` are backward differences of earlier predictions, kept in
     ``ctx.history``. The first steps of a run use lower orders (too few points yet).
     One NFE per step."""
-
-    def __init__(self, sde: SDE, score_fn: ScoreFn) -> None:
-        super().__init__(require_linear_sde(sde, type(self).__name__), score_fn)
-
-    def half_log_snr(self, t: Tensor) -> Tensor:
-        return 0.5 * self.sde.log_snr(t)
 
     def step(self, x: Tensor, t: Tensor, s: Tensor, ctx: StepContext) -> Tensor:
         sde = self.sde
@@ -173,12 +178,3 @@ class DPMSolverPP3M(ExponentialIntegrator):
         phi2 = 1 - phi1 / h
         phi3 = 0.5 - phi2 / h
         return coef(phi1, m0) * m0 + coef(phi2, m0) * (d0 + coef(r0, m0) * c) + coef(2 * phi3, m0) * c
-
-
-ODE_STEPPERS: dict[str, type[ODEStepper]] = {
-    "euler": Euler,
-    "heun": Heun,
-    "ddim": DDIM,
-    "dpmpp_2m": DPMSolverPP2M,
-    "dpmpp_3m": DPMSolverPP3M,
-}

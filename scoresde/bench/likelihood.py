@@ -1,0 +1,157 @@
+"""The likelihood benchmark: NFE and wall time to reach a given accuracy, ours against the peers.
+
+Every method integrates the same probability-flow ODE with the same exact score on the same
+points (``x`` drawn from the data, float64):
+
+* ``scoresde``: :func:`~scoresde.log_likelihood`, dopri5 with the per-sample error norm, the
+  exact divergence (one batched VJP over the dimensions) or Hutchinson's (one VJP);
+* ``k-diffusion``: ``sampling.log_likelihood`` (dopri5 in sigma, one Rademacher probe) through
+  :class:`~scoresde.bench.peers.KarrasDenoiser`, converted to ``x_t`` by the Jacobian
+  :math:`-D\\log\\alpha_{t_{min}}`;
+* ``flow_matching``: ``ODESolver.compute_likelihood`` (dopri5, exact divergence by a loop of
+  VJPs, or Hutchinson) on :class:`~scoresde.bench.peers.FlowMatchingVelocity`;
+* ``scipy``: ``solve_ivp(method="RK45")`` on the flattened batch, exact divergence (the
+  original score_sde recipe).
+
+The error of a run is measured against the *same method* converged (rtol = atol = 1e-9, same
+probe): the integration error, per point and per dimension, which does not mix in the
+Hutchinson noise or the prior each library uses. The error against the exact
+:math:`\\log p_{t_{min}}(x)` is reported too (it does include them).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from scoresde.bench.measure import interleaved_times
+from scoresde.bench.peers import (
+    FlowMatchingVelocity,
+    KarrasDenoiser,
+    karras_sigma,
+    load_flow_matching_solver,
+    load_k_diffusion_sampling,
+)
+from scoresde.bench.problems import Problem
+from scoresde.likelihood import _FlowWithDivergence, log_likelihood
+from scoresde.solvers._common import CountingScore
+
+CONVERGED_TOL = 1e-9
+TARGET_NATS_PER_DIM = 1e-3
+LlFn = Callable[[Problem, Tensor, float], tuple[Tensor, int]]
+
+
+@dataclass(frozen=True)
+class LikelihoodMethod:
+    name: str
+    library: str
+    run: LlFn
+
+
+def _ours(divergence: str) -> LlFn:
+    def run(problem: Problem, x: Tensor, tol: float) -> tuple[Tensor, int]:
+        res = log_likelihood(
+            problem.score_fn, problem.sde, x, divergence=divergence, rtol=tol, atol=tol,
+            generator=torch.Generator().manual_seed(0),
+        )  # fmt: skip
+        return res.log_prob, res.nfe
+
+    return run
+
+
+def _k_diffusion(problem: Problem, x: Tensor, tol: float) -> tuple[Tensor, int]:
+    k = load_k_diffusion_sampling()
+    sde = problem.sde
+    t_min = torch.tensor(sde.t_min, dtype=torch.float64)
+    sigma_min, sigma_max = karras_sigma(sde, torch.stack([t_min, t_min.new_tensor(sde.T)])).tolist()
+    alpha_min = sde.alpha(t_min).item()
+    torch.manual_seed(0)  # its Rademacher probe comes from the global generator
+    model = KarrasDenoiser(sde, problem.denoiser_fn)
+    ll, info = k.log_likelihood(model, x / alpha_min, sigma_min, sigma_max, atol=tol, rtol=tol)
+    return ll - x[0].numel() * math.log(alpha_min), info["fevals"]
+
+
+def _flow_matching(exact: bool) -> LlFn:
+    def run(problem: Problem, x: Tensor, tol: float) -> tuple[Tensor, int]:
+        velocity = FlowMatchingVelocity(problem.sde, problem.score_fn, problem.sde.t_min)
+        solver = load_flow_matching_solver()(velocity)
+        torch.manual_seed(0)
+        default = torch.get_default_dtype()
+        torch.set_default_dtype(x.dtype)  # its Hutchinson probe is built in the default dtype
+        try:
+            _, ll = solver.compute_likelihood(
+                x_1=x, log_p0=problem.sde.prior_log_prob, step_size=None, method="dopri5", atol=tol, rtol=tol,
+                exact_divergence=exact, time_grid=torch.tensor([1.0, 0.0], dtype=torch.float64),
+            )  # fmt: skip
+        finally:
+            torch.set_default_dtype(default)
+        return ll, velocity.calls
+
+    return run
+
+
+def _scipy_rk45(problem: Problem, x: Tensor, tol: float) -> tuple[Tensor, int]:
+    import numpy as np
+    from scipy.integrate import solve_ivp
+
+    sde, batch = problem.sde, x.shape[0]
+    score = CountingScore(problem.score_fn)
+    func = _FlowWithDivergence(sde, score, None, build_graph=False)
+
+    def rhs(t: float, y: np.ndarray) -> np.ndarray:
+        state = torch.from_numpy(y[:-batch]).reshape(x.shape)
+        v, div = func(torch.tensor(t, dtype=torch.float64), (state, state.new_zeros(batch)))
+        return np.concatenate([v.reshape(-1).numpy(), div.numpy()])
+
+    y0 = np.concatenate([x.reshape(-1).numpy(), np.zeros(batch)])
+    sol = solve_ivp(rhs, (sde.t_min, sde.T), y0, method="RK45", rtol=tol, atol=tol)
+    y = torch.from_numpy(sol.y[:, -1])
+    z, delta = y[:-batch].reshape(x.shape), y[-batch:]
+    return sde.prior_log_prob(z) + delta, score.calls
+
+
+def all_methods(with_peers: bool) -> list[LikelihoodMethod]:
+    methods = [
+        LikelihoodMethod("scoresde:dopri5/exact", "scoresde", _ours("exact")),
+        LikelihoodMethod("scoresde:dopri5/hutchinson", "scoresde", _ours("hutchinson")),
+        LikelihoodMethod("scipy:RK45/exact", "scipy", _scipy_rk45),
+    ]
+    if with_peers and load_k_diffusion_sampling() is not None:
+        methods.append(LikelihoodMethod("k-diffusion:log_likelihood", "k-diffusion", _k_diffusion))
+    if with_peers and load_flow_matching_solver() is not None:
+        methods += [
+            LikelihoodMethod("flow_matching:dopri5/exact", "flow_matching", _flow_matching(True)),
+            LikelihoodMethod("flow_matching:dopri5/hutchinson", "flow_matching", _flow_matching(False)),
+        ]
+    return methods
+
+
+def run_likelihood(
+    problems: list[Problem], methods: list[LikelihoodMethod], tolerances: list[float], *, repeats: int,
+    log: Callable[[str], None] = print,
+) -> list[dict]:
+    """One row per problem, method and tolerance; tolerances are timed round-robin across
+    methods, ``repeats`` times (median)."""
+    rows = []
+    for problem in problems:
+        x = problem.true_samples(2)
+        truth = problem.gmm.log_prob_fn(problem.sde)(x, problem.sde.t_min)
+        dim = problem.dim
+        converged = {m.name: m.run(problem, x, CONVERGED_TOL)[0] for m in methods}
+        log(f"# likelihood {problem.name}: {x.shape[0]} points, converged references ready")
+        for tol in tolerances:
+            calls = [(lambda m=m, p=problem, x=x, tol=tol: m.run(p, x, tol)) for m in methods]
+            seconds, outs = interleaved_times(calls, repeats)
+            for m, sec, (ll, nfe) in zip(methods, seconds, outs, strict=True):
+                err = (ll - converged[m.name]).abs() / dim
+                rows.append({
+                    "problem": problem.name, "mixture": problem.mixture_name, "sde": problem.sde_name, "dim": dim,
+                    "points": x.shape[0], "method": m.name, "library": m.library, "tol": tol, "nfe": nfe,
+                    "seconds": sec, "max_err_per_dim": err.max().item(), "mean_err_per_dim": err.mean().item(),
+                    "mean_err_vs_truth_per_dim": ((ll - truth).abs() / dim).mean().item(),
+                })  # fmt: skip
+    return rows

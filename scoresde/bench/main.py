@@ -1,0 +1,123 @@
+"""``scoresde bench``: run the solver, likelihood and overhead benchmarks and write the results.
+
+Writes ``<out>/sampling.json``, ``likelihood.json``, ``overhead.json`` (raw rows and metadata),
+``results.md`` (the tables and the target ratios), ``sampling.png`` and ``likelihood.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from scoresde.bench import report
+from scoresde.bench.grids import CANDIDATES, QUICK_CANDIDATES
+from scoresde.bench.likelihood import all_methods, run_likelihood
+from scoresde.bench.overhead import run_overhead
+from scoresde.bench.peers import load_flow_matching_solver, load_k_diffusion_sampling
+from scoresde.bench.problems import MIXTURES, SDES, Problem
+from scoresde.bench.samplers import all_samplers
+from scoresde.bench.sampling import run_sampling
+
+PARTS = ("sampling", "likelihood", "overhead")
+ALL_PROBLEMS = tuple(f"{m}-{s}" for m in MIXTURES for s in SDES)
+QUICK_PROBLEMS = ("2d-vp", "2d-subvp", "2d-ve", "16d-vp", "16d-ve")
+LIKELIHOOD_PROBLEMS = ("2d-vp", "2d-ve", "16d-vp", "16d-ve")
+MODES = {
+    "quick": {"budgets": [5, 10, 20, 50], "samples": {"2d": 500, "16d": 300}, "pilot": 64, "repeats": 3,
+              "problems": QUICK_PROBLEMS, "grids": QUICK_CANDIDATES,
+              "ll_points": {"2d": 128, "16d": 64}, "tolerances": [1e-2, 1e-3, 1e-4, 3e-5, 1e-5, 3e-6]},
+    "full": {"budgets": [5, 10, 15, 20, 30, 50, 100, 200], "samples": {"2d": 4000, "16d": 2000}, "pilot": 256,
+             "problems": ALL_PROBLEMS, "grids": CANDIDATES,
+             "repeats": 5, "ll_points": {"2d": 512, "16d": 256},
+             "tolerances": [1e-2, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5, 3e-6, 1e-6]},
+}  # fmt: skip
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="scoresde bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--full", action="store_true", help="the full mode (more samples, budgets, tolerances)")
+    parser.add_argument("--only", nargs="+", choices=PARTS, default=list(PARTS), help="which parts to run")
+    parser.add_argument("--problems", nargs="+", choices=ALL_PROBLEMS, default=None,
+                        help="mixture-SDE problems (default: quick 5, full all 6; likelihood: 2-D/16-D VP/VE)")
+    parser.add_argument("--no-peers", action="store_true", help="skip k-diffusion and flow_matching")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="output folder")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 on a shared CPU)")
+    return parser.parse_args(argv)  # fmt: skip
+
+
+def _write(out: Path, name: str, meta: dict, rows: list[dict]) -> None:
+    (out / name).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmarks named by ``argv`` (``--help`` lists the options); returns 0."""
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    mode = MODES["full" if args.full else "quick"]
+    args.out.mkdir(parents=True, exist_ok=True)
+    peers = not args.no_peers
+    notes = []
+    if peers and load_k_diffusion_sampling() is None:
+        notes.append("k-diffusion is not installed: its samplers and log_likelihood are skipped")
+    if peers and load_flow_matching_solver() is None:
+        notes.append("flow_matching is not installed: its likelihood is skipped")
+    for note in notes:
+        print(f"note: {note}")
+    meta = {
+        "mode": "full" if args.full else "quick", "torch": torch.__version__, "python": platform.python_version(),
+        "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d %H:%M:%S"), "notes": notes,
+    }  # fmt: skip
+    sections = [f"Mode: {meta['mode']}, torch {meta['torch']}, {meta['threads']} thread(s), {meta['date']}."]
+    sections += [f"Note: {n}." for n in notes]
+
+    def problems(names: Sequence[str]) -> list[Problem]:
+        return [Problem(*n.split("-"), num_samples=mode["samples"][n.split("-")[0]]) for n in names]
+
+    if "sampling" in args.only:
+        with_k_diffusion = peers and load_k_diffusion_sampling() is not None
+        rows = run_sampling(
+            problems(args.problems or mode["problems"]), all_samplers(with_k_diffusion),
+            mode["budgets"], pilot_size=mode["pilot"], repeats=mode["repeats"], grids=mode["grids"],
+        )  # fmt: skip
+        _write(args.out, "sampling.json", meta | {"budgets": mode["budgets"]}, rows)
+        report.plot_sampling(rows, args.out / "sampling.png")
+        sections += ["## Few-step sampling targets (RMSE ratio, target <= 0.5)",
+                     report.markdown_table(report.sampling_targets(rows), [
+                         "problem", "nfe_budget", "scoresde_best", "scoresde_rmse", "k_diffusion_best",
+                         "k_diffusion_rmse", "ratio", "met"]),
+                     "## Sampling: all rows",
+                     report.markdown_table(rows, [
+                         "problem", "sampler", "grid", "level", "nfe", "rmse", "median_error", "mode_switch_fraction",
+                         "sw", "sw_floor", "log_p_gap", "log_p_gap_floor", "seconds"])]  # fmt: skip
+    if "likelihood" in args.only:
+        names = [n for n in (args.problems or LIKELIHOOD_PROBLEMS) if n in ALL_PROBLEMS]
+        ll_problems = [Problem(*n.split("-"), num_samples=mode["ll_points"][n.split("-")[0]]) for n in names]
+        rows = run_likelihood(ll_problems, all_methods(peers), mode["tolerances"], repeats=mode["repeats"])
+        _write(args.out, "likelihood.json", meta, rows)
+        report.plot_likelihood(rows, args.out / "likelihood.png")
+        sections += ["## Likelihood targets (max error <= 1e-3 nats/dim; ratios ours / peer)",
+                     report.markdown_table(report.likelihood_targets(rows), [
+                         "problem", "scoresde_method", "scoresde_nfe", "k_diffusion_nfe", "scipy_nfe",
+                         "nfe_ratio_vs_k_diffusion",
+                         "nfe_ratio_vs_scipy", "scoresde_seconds", "k_diffusion_seconds", "time_ratio_vs_k_diffusion"]),
+                     "## Likelihood: all rows",
+                     report.markdown_table(rows, [
+                         "problem", "method", "tol", "nfe", "seconds", "max_err_per_dim", "mean_err_per_dim",
+                         "mean_err_vs_truth_per_dim"])]  # fmt: skip
+    if "overhead" in args.only:
+        rows = run_overhead(mode["repeats"])
+        _write(args.out, "overhead.json", meta, rows)
+        sections += ["## Solver overhead per NFE / one network forward (target <= 0.05)",
+                     f"Network: {rows[0]['network']}, batch {rows[0]['batch']}.",
+                     report.markdown_table(rows, ["solver", "nfe", "solver_seconds_per_nfe",
+                                                  "network_seconds_per_forward", "ratio"])]  # fmt: skip
+    text = "\n\n".join(sections) + "\n"
+    (args.out / "results.md").write_text(text)
+    print(text)
+    return 0

@@ -1,0 +1,129 @@
+"""Tables, target ratios and plots from the benchmark rows."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+TARGET_BUDGETS = (10, 20)
+LIKELIHOOD_TARGET = 1e-3
+
+
+def _fmt(v: object) -> str:
+    if isinstance(v, float):
+        return "" if math.isnan(v) else f"{v:.3g}"
+    return "" if v is None else str(v)
+
+
+def markdown_table(rows: list[dict], columns: list[str]) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_fmt(r.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _best(rows: list[dict], problem: str, library: str, budget: int) -> dict | None:
+    pool = [r for r in rows if r["problem"] == problem and r["library"] == library and "rmse" in r
+            and r["nfe"] <= budget and math.isfinite(r["rmse"])]  # fmt: skip
+    return min(pool, key=lambda r: r["rmse"]) if pool else None
+
+
+def sampling_targets(rows: list[dict]) -> list[dict]:
+    """Per problem and budget: the best scoresde and best k-diffusion deterministic sampler
+    (lowest RMSE with NFE <= budget) and the ratio (target: <= 0.5)."""
+    out = []
+    for problem in dict.fromkeys(r["problem"] for r in rows):
+        for budget in TARGET_BUDGETS:
+            ours, peer = _best(rows, problem, "scoresde", budget), _best(rows, problem, "k-diffusion", budget)
+            if ours is None or peer is None:
+                continue
+            out.append({
+                "problem": problem, "nfe_budget": budget,
+                "scoresde_best": f"{ours['sampler']} ({ours['grid']}, {ours['nfe']})", "scoresde_rmse": ours["rmse"],
+                "k_diffusion_best": f"{peer['sampler']} ({peer['grid']}, {peer['nfe']})",
+                "k_diffusion_rmse": peer["rmse"], "ratio": ours["rmse"] / peer["rmse"],
+                "met": ours["rmse"] <= 0.5 * peer["rmse"],
+            })  # fmt: skip
+    return out
+
+
+def likelihood_targets(rows: list[dict]) -> list[dict]:
+    """:func:`likelihood_targets_of` for our exact and Hutchinson divergences."""
+    ours = ("scoresde:dopri5/exact", "scoresde:dopri5/hutchinson")
+    return [r for method in ours for r in likelihood_targets_of(rows, method)]
+
+
+def likelihood_targets_of(rows: list[dict], ours: str) -> list[dict]:
+    """Per problem: fewest NFE (and the wall time of that run) at which each method's max error
+    is within 1e-3 nats/dim of its converged value; ratios of ours to k-diffusion and scipy."""
+    out = []
+    for problem in dict.fromkeys(r["problem"] for r in rows):
+        first = {}
+        for r in rows:
+            accurate = r["problem"] == problem and r["max_err_per_dim"] <= LIKELIHOOD_TARGET
+            if accurate and (r["method"] not in first or r["nfe"] < first[r["method"]]["nfe"]):
+                first[r["method"]] = r
+        if ours not in first:
+            continue
+        row = {"problem": problem, "scoresde_method": ours, "scoresde_nfe": first[ours]["nfe"],
+               "scoresde_seconds": first[ours]["seconds"]}  # fmt: skip
+        for key, peer in (("k_diffusion", "k-diffusion:log_likelihood"), ("scipy", "scipy:RK45/exact")):
+            if peer in first:
+                row[f"{key}_nfe"] = first[peer]["nfe"]
+                row[f"{key}_seconds"] = first[peer]["seconds"]
+                row[f"nfe_ratio_vs_{key}"] = first[ours]["nfe"] / first[peer]["nfe"]
+                row[f"time_ratio_vs_{key}"] = first[ours]["seconds"] / first[peer]["seconds"]
+        out.append(row)
+    return out
+
+
+def plot_sampling(rows: list[dict], path: Path) -> None:
+    """Error vs NFE, log-log, one panel per problem, one line per deterministic sampler."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    problems = list(dict.fromkeys(r["problem"] for r in rows))
+    cols = min(3, len(problems))
+    lines = math.ceil(len(problems) / cols)
+    fig, axes = plt.subplots(lines, cols, figsize=(5 * cols, 4 * lines), squeeze=False)
+    for ax, problem in zip(axes.flat, problems, strict=False):
+        for name in dict.fromkeys(r["sampler"] for r in rows if "rmse" in r):
+            pts = sorted((r["nfe"], r["rmse"]) for r in rows if r["sampler"] == name and r["problem"] == problem)
+            if pts:
+                style = "o-" if name.startswith("scoresde") else "s--"
+                ax.loglog(*zip(*pts, strict=True), style, label=name, ms=3, lw=1)
+        ax.set(title=problem, xlabel="NFE", ylabel="RMSE vs reference")
+        ax.grid(True, which="both", alpha=0.3)
+    for ax in axes.flat[len(problems) :]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_likelihood(rows: list[dict], path: Path) -> None:
+    """Max error per dim vs NFE and vs wall time, one line per method, one row per problem."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    problems = list(dict.fromkeys(r["problem"] for r in rows))
+    fig, axes = plt.subplots(len(problems), 2, figsize=(10, 3.6 * len(problems)), squeeze=False)
+    for (ax_nfe, ax_time), problem in zip(axes, problems, strict=True):
+        for method in dict.fromkeys(r["method"] for r in rows):
+            pts = sorted((r["nfe"], r["seconds"], r["max_err_per_dim"]) for r in rows
+                         if r["method"] == method and r["problem"] == problem)  # fmt: skip
+            nfe, sec, err = zip(*pts, strict=True)
+            ax_nfe.loglog(nfe, err, "o-", label=method, ms=3)
+            ax_time.loglog(sec, err, "o-", label=method, ms=3)
+        for ax, xlabel in ((ax_nfe, "NFE"), (ax_time, "wall time (s)")):
+            ax.axhline(LIKELIHOOD_TARGET, color="k", lw=0.5)
+            ax.set(title=problem, xlabel=xlabel, ylabel="max |error| (nats/dim)")
+            ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

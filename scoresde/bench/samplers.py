@@ -1,0 +1,146 @@
+"""Every sampler of the comparison behind one signature, with one NFE convention.
+
+``run(problem, x_init, level, grid, seed) -> (x0, nfe)``: ``level`` is an NFE budget for
+fixed-step samplers (the sampler spends at most that many evaluations) or a tolerance for
+adaptive ones; ``grid`` names a candidate of :mod:`scoresde.bench.grids`. Every sampler ends
+with the data estimate :math:`E[x_0 \\mid x_{t_{end}}]`: ours by ``denoise=True`` (Tweedie's
+step at ``t_end``, one NFE), k-diffusion's by its last step to :math:`\\sigma = 0`, which is the
+same denoiser call. NFE counts every score or denoiser evaluation, that one included.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from scoresde.bench.grids import make_grid
+from scoresde.bench.peers import KarrasDenoiser, karras_sigma, load_k_diffusion_sampling, seeded_noise_sampler
+from scoresde.bench.problems import T_END, Problem
+from scoresde.sample import sample_ode, sample_pc, sample_sde
+
+RunFn = Callable[[Problem, Tensor, float, str, int], tuple[Tensor, int]]
+ADAPTIVE_TOLERANCES = (1e-2, 1e-3, 1e-4, 1e-5)
+
+
+@dataclass(frozen=True)
+class Sampler:
+    name: str
+    library: str
+    run: RunFn
+    deterministic: bool = True
+    takes_grid: bool = True
+    adaptive: bool = False
+
+
+def _ours_ode(method: str, evals_per_step: int = 1) -> RunFn:
+    def run(problem: Problem, x_init: Tensor, budget: float, grid: str, seed: int) -> tuple[Tensor, int]:
+        steps = max(int(budget - 1) // evals_per_step, 1)  # the final denoising step costs one NFE
+        times = make_grid(problem.sde, steps, grid, T_END)
+        res = sample_ode(problem.score_fn, problem.sde, x_init=x_init, method=method, timesteps=times, denoise=True)
+        return res.x, res.nfe
+
+    return run
+
+
+def _ours_adaptive(method: str) -> RunFn:
+    def run(problem: Problem, x_init: Tensor, tol: float, grid: str, seed: int) -> tuple[Tensor, int]:
+        res = sample_ode(
+            problem.score_fn, problem.sde, x_init=x_init, method=method, rtol=tol, atol=tol, t_end=T_END, denoise=True
+        )
+        return res.x, res.nfe
+
+    return run
+
+
+def _ours_stochastic(kind: str) -> RunFn:
+    def run(problem: Problem, x_init: Tensor, budget: float, grid: str, seed: int) -> tuple[Tensor, int]:
+        evals_per_step = 2 if kind == "langevin" else 1
+        times = make_grid(problem.sde, max((int(budget) - 1) // evals_per_step, 1), grid, T_END)
+        g = torch.Generator().manual_seed(seed)
+        if kind == "langevin":  # Song et al.'s reverse diffusion + one Langevin step (library defaults)
+            res = sample_pc(
+                problem.score_fn, problem.sde, x_init=x_init, timesteps=times, num_steps=None, denoise=True, generator=g
+            )
+        elif kind == "euler_maruyama":
+            res = sample_sde(
+                problem.score_fn, problem.sde, x_init=x_init, timesteps=times, num_steps=None, denoise=True, generator=g
+            )
+        else:
+            res = sample_pc(
+                problem.score_fn, problem.sde, x_init=x_init, timesteps=times, predictor="ancestral", corrector=None,
+                denoise=True, generator=g, num_steps=None,
+            )  # fmt: skip
+        return res.x, res.nfe
+
+    return run
+
+
+def _k_sigmas(problem: Problem, intervals: int, grid: str) -> Tensor:
+    """k-diffusion's sigmas: ``intervals - 1`` steps of our grid down to ``t_end``, then 0."""
+    times = make_grid(problem.sde, max(intervals - 1, 1), grid, T_END)
+    return torch.cat([karras_sigma(problem.sde, times), times.new_zeros(1)])
+
+
+def _k_start(problem: Problem, x_init: Tensor) -> Tensor:
+    return x_init / problem.sde.alpha(torch.tensor(problem.sde.T, dtype=torch.float64)).item()
+
+
+def _k_fixed(name: str, evals_per_step: int = 1, stochastic: bool = False) -> RunFn:
+    def run(problem: Problem, x_init: Tensor, budget: float, grid: str, seed: int) -> tuple[Tensor, int]:
+        k = load_k_diffusion_sampling()
+        # 2nd-order samplers: 2 NFE per step, 1 on the last (an Euler step to sigma = 0)
+        intervals = (int(budget) + 1) // 2 if evals_per_step == 2 else int(budget)
+        model = KarrasDenoiser(problem.sde, problem.denoiser_fn)
+        x = _k_start(problem, x_init)
+        extra = {"noise_sampler": seeded_noise_sampler(x, seed)} if stochastic else {}
+        x0 = getattr(k, f"sample_{name}")(model, x, _k_sigmas(problem, intervals, grid), disable=True, **extra)
+        return x0, model.calls
+
+    return run
+
+
+def _k_dpm_solver(adaptive: bool) -> RunFn:
+    """DPM-Solver-fast (``n`` evaluations) or -adaptive, from sigma_max to sigma(t_end), then the
+    denoiser call that every other sampler also makes at ``t_end``."""
+
+    def run(problem: Problem, x_init: Tensor, level: float, grid: str, seed: int) -> tuple[Tensor, int]:
+        k = load_k_diffusion_sampling()
+        model = KarrasDenoiser(problem.sde, problem.denoiser_fn)
+        ends = karras_sigma(problem.sde, torch.tensor([T_END, problem.sde.T], dtype=torch.float64)).tolist()
+        x = _k_start(problem, x_init)
+        if adaptive:
+            x = k.sample_dpm_adaptive(model, x, ends[0], ends[1], rtol=level, atol=level, disable=True)
+        else:
+            x = k.sample_dpm_fast(model, x, ends[0], ends[1], max(int(level) - 1, 1), disable=True)
+        return model(x, x.new_full((x.shape[0],), ends[0])), model.calls
+
+    return run
+
+
+def all_samplers(with_k_diffusion: bool) -> list[Sampler]:
+    multistep = ("ddim", "dpmpp_2m", "dpmpp_3m", "unipc_2", "unipc_3")
+    ours = [Sampler(f"scoresde:{m}", "scoresde", _ours_ode(m)) for m in multistep]
+    ours += [
+        Sampler("scoresde:euler", "scoresde", _ours_ode("euler")),
+        Sampler("scoresde:heun", "scoresde", _ours_ode("heun", 2)),
+        Sampler("scoresde:dopri5", "scoresde", _ours_adaptive("dopri5"), takes_grid=False, adaptive=True),
+        Sampler("scoresde:sde_euler", "scoresde", _ours_stochastic("euler_maruyama"), deterministic=False),
+        Sampler("scoresde:pc_ancestral", "scoresde", _ours_stochastic("ancestral"), deterministic=False),
+        Sampler("scoresde:pc_langevin", "scoresde", _ours_stochastic("langevin"), deterministic=False),
+    ]
+    if not with_k_diffusion:
+        return ours
+    peers = [Sampler(f"k-diffusion:{m}", "k-diffusion", _k_fixed(m)) for m in ("euler", "lms", "dpmpp_2m")]
+    peers += [Sampler(f"k-diffusion:{m}", "k-diffusion", _k_fixed(m, 2)) for m in ("heun", "dpm_2")]
+    peers += [
+        Sampler("k-diffusion:dpm_fast", "k-diffusion", _k_dpm_solver(False), takes_grid=False),
+        Sampler("k-diffusion:dpm_adaptive", "k-diffusion", _k_dpm_solver(True), takes_grid=False, adaptive=True),
+    ]
+    peers += [
+        Sampler(f"k-diffusion:{m}", "k-diffusion", _k_fixed(m, stochastic=True), deterministic=False)
+        for m in ("euler_ancestral", "dpmpp_2m_sde", "dpmpp_3m_sde")
+    ]
+    return ours + peers

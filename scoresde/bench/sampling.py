@@ -1,0 +1,77 @@
+"""The sampling benchmark: every sampler at every NFE budget on every problem, in one run.
+
+For each problem and budget: each grid-taking deterministic sampler gets its grid chosen on a
+pilot run (:func:`~scoresde.bench.grids.select_grid`, different noise); stochastic samplers use
+their library's recommended grid. Then all samplers run round-robin ``repeats`` times on the
+evaluation noise (median wall time) and are scored against the exact answers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+from scoresde.bench.grids import CANDIDATES, RECOMMENDED, select_grid
+from scoresde.bench.measure import distribution_errors, interleaved_times, pathwise_errors
+from scoresde.bench.problems import Problem
+from scoresde.bench.samplers import ADAPTIVE_TOLERANCES, Sampler
+
+PILOT_SEED = 10
+NOISE_SEED = 3
+
+
+def _pilot_grid(sampler: Sampler, pilot: Problem, level: float, grids: tuple[str, ...]) -> str:
+    if not (sampler.takes_grid and sampler.deterministic):
+        return RECOMMENDED[sampler.library]
+
+    def pilot_rmse(grid: str) -> float:
+        try:
+            x, _ = sampler.run(pilot, pilot.x_init, level, grid, NOISE_SEED)
+        except (ValueError, FloatingPointError):
+            return math.inf
+        return (x - pilot.reference).square().sum(1).mean().sqrt().nan_to_num(math.inf).item()
+
+    return select_grid(pilot_rmse, grids)
+
+
+def _row(problem: Problem, sampler: Sampler, level: float, grid: str, seconds: float, out) -> dict:
+    x, nfe = out
+    row = {
+        "problem": problem.name, "mixture": problem.mixture_name, "sde": problem.sde_name,
+        "sampler": sampler.name, "library": sampler.library, "deterministic": sampler.deterministic,
+        "level": level, "grid": grid if sampler.takes_grid else "own", "nfe": nfe, "seconds": seconds,
+    }  # fmt: skip
+    if sampler.deterministic:
+        row |= pathwise_errors(problem, x)
+    return row | distribution_errors(problem, x)
+
+
+def run_sampling(
+    problems: list[Problem],
+    samplers: list[Sampler],
+    budgets: list[int],
+    *,
+    pilot_size: int,
+    repeats: int,
+    grids: tuple[str, ...] = CANDIDATES,
+    log: Callable[[str], None] = print,
+) -> list[dict]:
+    """All rows (one per problem, sampler and budget or tolerance) as plain dicts."""
+    rows = []
+    for problem in problems:
+        pilot = Problem(problem.mixture_name, problem.sde_name, pilot_size, seed=PILOT_SEED)
+        log(f"# {problem.name}: {problem.num_samples} samples, reference ready ({problem.reference.shape[0]})")
+        fixed = [s for s in samplers if not s.adaptive]
+        adaptive = [s for s in samplers if s.adaptive]
+        jobs = [(s, float(b)) for b in budgets for s in fixed]
+        jobs += [(s, tol) for tol in ADAPTIVE_TOLERANCES for s in adaptive]
+        for level in dict.fromkeys(level for _, level in jobs):
+            batch = [(s, lv, _pilot_grid(s, pilot, lv, grids)) for s, lv in jobs if lv == level]
+            calls = [
+                (lambda s=s, lv=lv, g=g, p=problem: s.run(p, p.x_init, lv, g, NOISE_SEED)) for s, lv, g in batch
+            ]
+            seconds, outs = interleaved_times(calls, repeats)
+            for (s, lv, g), sec, out in zip(batch, seconds, outs, strict=True):
+                rows.append(_row(problem, s, lv, g, sec, out))
+            log(f"  level {level:g}: {len(batch)} samplers")
+    return rows
