@@ -36,13 +36,12 @@ def exponential_moments(h: Tensor, count: int) -> Tensor:
     ``h`` (the recursion below loses digits as :math:`h^{-j}` there); for larger ``h`` the stable
     recursion :math:`I_j = (1 - j I_{j-1})/h`, :math:`I_0 = -\mathrm{expm1}(-h)/h`. No host sync."""
     h_small = h.clamp(max=_SERIES_BELOW)
-    powers = (-h_small) ** torch.arange(_SERIES_TERMS, dtype=h.dtype, device=h.device)
+    n = torch.arange(_SERIES_TERMS, dtype=h.dtype, device=h.device)
+    powers = (-h_small) ** n
     series = []
     for j in range(count):
-        inv_fact = torch.tensor(
-            [math.factorial(j) / math.factorial(n + j + 1) for n in range(_SERIES_TERMS)], dtype=h.dtype,
-            device=h.device,
-        )  # fmt: skip
+        # j!/(n+j+1)! built on the device (a table from python would be a host copy per step)
+        inv_fact = torch.exp(math.lgamma(j + 1) - torch.lgamma(n + j + 2))
         series.append((powers * inv_fact).sum())
     h_large = h.clamp(min=_SERIES_BELOW)
     recursion = [-torch.expm1(-h_large) / h_large]
