@@ -183,7 +183,11 @@ class DataTransform:
 
 def _vjps(out: Tensor, x: Tensor, vectors: Tensor, create_graph: bool) -> Tensor:
     r"""Rows :math:`u_k^\top \partial\,\text{out}/\partial x` for each ``vectors[k]`` (shaped like
-    ``out``), batched with vmap: ``(K, batch, *event)``."""
+    ``out``), batched with vmap: ``(K, batch, *event)``. A single vector skips vmap, whose
+    overhead made one VJP about 1.5x slower on the analytic mixtures."""
+    if vectors.shape[0] == 1:
+        (row,) = torch.autograd.grad(out, x, vectors[0], create_graph=create_graph)
+        return row.unsqueeze(0)
     (rows,) = torch.autograd.grad(out, x, vectors, create_graph=create_graph, is_grads_batched=True)
     return rows
 
