@@ -26,7 +26,7 @@ class CheckpointError(ValueError):
     """A checkpoint file that cannot be read (corrupted, truncated, not a scoresde checkpoint)."""
 
 
-_PLAIN = (bool, int, float, str, type(None), torch.Tensor)
+_PLAIN = (bool, int, float, str, type(None))
 
 
 def check_plain(value: Any, name: str = "config") -> None:
@@ -41,7 +41,7 @@ def check_plain(value: Any, name: str = "config") -> None:
     elif isinstance(value, (list, tuple)):
         for i, item in enumerate(value):
             check_plain(item, f"{name}[{i}]")
-    elif not isinstance(value, _PLAIN):
+    elif not (type(value) in _PLAIN or isinstance(value, torch.Tensor)):  # exact: numpy.float64 is a float
         raise TypeError(
             f"{name} is a {type(value).__module__}.{type(value).__qualname__}; a checkpoint holds only tensors, "
             "numbers, strings, bools, None, lists and dicts (convert it, e.g. str(path), float(x))"

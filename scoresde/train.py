@@ -300,6 +300,7 @@ class Trainer:
         self.eval_every, self.num_eval_images, self.num_grid_samples = eval_every, num_eval_images, num_grid_samples
         self.bpd_kwargs = {"divergence": "hutchinson", "rtol": 1e-4, "atol": 1e-4, **(bpd_kwargs or {})}
         self.checkpoint_every, self.log_every, self.progress = checkpoint_every, log_every, progress
+        self._evaluates = isinstance(data, ImageData) and bool(num_grid_samples or (eval_data and num_eval_images))
         self.hparams: dict[str, Any] = {
             "steps": steps, "batch_size": batch_size, "lr": float(lr), "lr_schedule": lr_schedule,
             "warmup_steps": warmup_steps, "weight_decay": float(weight_decay), "grad_clip": float(grad_clip),
@@ -334,6 +335,8 @@ class Trainer:
 
         if resume and self.checkpoint_path.exists():
             self.load(self.checkpoint_path)
+        elif self.rank == 0 and self.metrics_path.exists():
+            self.metrics_path.unlink()  # a new run: its log starts empty
 
     # --- randomness
 
@@ -451,12 +454,10 @@ class Trainer:
                     window, window_start = [], time.perf_counter()
                 if self.checkpoint_every and self.step % self.checkpoint_every == 0:
                     self.save()
-                if self.eval_every and self.step % self.eval_every == 0 and self.step < self.steps:
+                if self._evaluates and self.eval_every and self.step % self.eval_every == 0 and self.step < self.steps:
                     evaluations.append(self.evaluate())
                     self.model.train()
-        if self.step == self.steps and isinstance(self.data, ImageData) and (
-            not evaluations or evaluations[-1]["step"] != self.step
-        ):
+        if self.step == self.steps and self._evaluates and (not evaluations or evaluations[-1]["step"] != self.step):
             evaluations.append(self.evaluate())
         checkpoint = self.save() if self._last_saved_step != self.step else self.checkpoint_path
         self.model.eval()
