@@ -69,16 +69,16 @@ class SelfAttention(nn.Module):
             raise ValueError(f"attention channels {channels} are not divisible by num_heads={num_heads}")
         self.num_heads = num_heads
         self.norm = _group_norm(channels)
-        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
-        self.proj = _zero(nn.Conv2d(channels, channels, 1))
+        self.qkv = nn.Linear(channels, 3 * channels)
+        self.proj = _zero(nn.Linear(channels, channels))
 
     def forward(self, h: Tensor, emb: Tensor | None = None) -> Tensor:
         b, c, height, width = h.shape
-        qkv = self.qkv(self.norm(h)).reshape(b, 3, self.num_heads, c // self.num_heads, height * width)
-        q, k, v = qkv.transpose(-1, -2).unbind(1)  # (b, heads, HW, c/heads)
-        out = F.scaled_dot_product_attention(q, k, v)
-        out = out.transpose(-1, -2).reshape(b, c, height, width)
-        return (h + self.proj(out)) * _SQRT_HALF
+        tokens = self.norm(h).flatten(2).transpose(1, 2)  # (b, HW, c)
+        qkv = self.qkv(tokens).reshape(b, height * width, 3, self.num_heads, c // self.num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (b, heads, HW, c/heads)
+        out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, height * width, c)
+        return (h + self.proj(out).transpose(1, 2).reshape(b, c, height, width)) * _SQRT_HALF
 
 
 class _Down(nn.Module):
