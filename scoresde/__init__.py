@@ -21,8 +21,12 @@ from scoresde.likelihood import (
     log_likelihood,
 )
 from scoresde.losses import dsm_loss
+from scoresde.metrics import sliced_wasserstein
+from scoresde.sample import SampleResult, Trajectory, sample_ode, sample_pc, sample_sde
 from scoresde.score import DataScore, DirectScore, EpsilonScore, ScoreModel, VelocityScore
 from scoresde.sde import SDE, VESDE, VPSDE, LinearSDE, ProbabilityFlowODE, ReverseSDE, SubVPSDE
+from scoresde.solvers import NonFiniteError
+from scoresde.timesteps import check_time_grid, time_grid
 from scoresde.train import FitResult, fit
 
 __version__ = "0.1.0"
@@ -58,4 +62,13 @@ __all__ = [
     "EncodeResult",
     "decode",
     "DecodeResult",
+    "sample_pc",
+    "sample_sde",
+    "sample_ode",
+    "SampleResult",
+    "Trajectory",
+    "NonFiniteError",
+    "time_grid",
+    "check_time_grid",
+    "sliced_wasserstein",
 ]

@@ -29,12 +29,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torchdiffeq
 from torch import Tensor, nn
 
-from scoresde._tensor import check_finite, time_dtype
+from scoresde._tensor import check_finite
 from scoresde.progress import progress_bar
 from scoresde.sde.base import SDE, ScoreFn
+from scoresde.solvers._common import CountingScore
+from scoresde.solvers.odeint import FIXED_GRID_ODEINT_METHODS, FlowField, check_odeint_args, odeint
 
 __all__ = [
     "EXACT_DIVERGENCE_MAX_DIM",
@@ -56,8 +57,6 @@ EXACT_DIVERGENCE_MAX_DIM = 64
 """``divergence="auto"`` is exact up to this event size (8x8 digits), Hutchinson above it:
 the exact divergence costs one VJP per dimension and NFE, Hutchinson one per probe."""
 
-_ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
-_FIXED_METHODS = ("euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implicit_adams")
 _PROBES = ("rademacher", "gaussian")
 
 
@@ -249,48 +248,14 @@ def divergence(
 # ----------------------------------------------------------------------------- ODE plumbing
 
 
-class _CheckedScore(nn.Module):
-    """Wraps ``score_fn``: counts evaluations, checks the output shape (metadata only, no host
-    sync) and records, as a device flag, whether any output was non-finite. A module so that
-    torchdiffeq's adjoint finds ``score_fn``'s parameters when it is one."""
-
-    def __init__(self, score_fn: ScoreFn) -> None:
-        super().__init__()
-        self.score_fn = score_fn
-        self.nfe = 0
-        self.nonfinite: Tensor | None = None
-
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        score = self.score_fn(x, t)
-        self.nfe += 1
-        if not isinstance(score, Tensor) or score.shape != x.shape:
-            shape = tuple(score.shape) if isinstance(score, Tensor) else type(score).__name__
-            raise ValueError(f"score_fn returned {shape} for x of shape {tuple(x.shape)}; it must match x")
-        bad = ~torch.isfinite(score.detach()).all()
-        self.nonfinite = bad if self.nonfinite is None else self.nonfinite | bad
-        return score
-
-
-class _Flow(nn.Module):
-    """torchdiffeq's ``(t, y) -> dy/dt`` for the probability-flow ODE alone."""
-
-    def __init__(self, sde: SDE, score: _CheckedScore) -> None:
-        super().__init__()
-        self.score = score
-        self.ode = sde.probability_flow(score)
-
-    def forward(self, t: Tensor, x: Tensor) -> Tensor:
-        return self.ode.velocity(x, t)
-
-
-class _FlowWithDivergence(_Flow):
+class _FlowWithDivergence(FlowField):
     """``(t, (x, delta)) -> (v, div v)``; ``probes`` is ``None`` for the exact divergence.
 
     With ``build_graph`` and grad mode on (direct backprop, or the adjoint's backward pass) the
     divergence is built with ``create_graph`` so it can be differentiated again; otherwise the
     outputs are detached so no graph outlives one evaluation."""
 
-    def __init__(self, sde: SDE, score: _CheckedScore, probes: Tensor | None, build_graph: bool) -> None:
+    def __init__(self, sde: SDE, score: CountingScore, probes: Tensor | None, build_graph: bool) -> None:
         super().__init__(sde, score)
         self.probes = probes
         self.build_graph = build_graph
@@ -309,73 +274,6 @@ class _FlowWithDivergence(_Flow):
         if not create_graph:
             v, div = v.detach(), div.detach()
         return v, div.to(delta.dtype)
-
-
-def _per_sample_norm(state: Tensor | tuple[Tensor, ...]) -> Tensor:
-    """Step-size control norm: the worst sample's RMS of the scaled error (each tensor in the
-    state taken separately). torchdiffeq's default RMS over the whole batch divides one
-    sample's error by about sqrt(batch): the worst of 128-200 mixture points was 20-30x less
-    accurate than with this norm, under which ``rtol``/``atol`` hold for every sample (at
-    ~20% more NFE; benchmarks/likelihood.py)."""
-    parts = state if isinstance(state, tuple) else (state,)
-    return torch.stack([p.reshape(p.shape[0], -1).square().mean(1).sqrt().amax() for p in parts]).amax()
-
-
-def _integrate(
-    func: _Flow,
-    y0: Any,
-    t_start: float,
-    t_end: float,
-    *,
-    like: Tensor,
-    method: str,
-    rtol: float,
-    atol: float,
-    options: dict[str, Any] | None,
-    adjoint: bool = False,
-    adjoint_params: Sequence[Tensor] | None = None,
-) -> Any:
-    """Solve ``func`` from ``t_start`` to ``t_end`` and return the end state, turning
-    torchdiffeq's bare "underflow in dt" into an error that says what went wrong."""
-    t_span = torch.tensor([t_start, t_end], dtype=time_dtype(like.dtype), device=like.device)
-    options = dict(options or {})
-    adjoint_options = dict(options)
-    if method in _ADAPTIVE_METHODS:
-        options.setdefault("norm", _per_sample_norm)
-        # torchdiffeq's adaptive steps overshoot the end time and interpolate back, evaluating
-        # the score outside [t_min, T] (NaN for VP below t = 0): make the last step land on it
-        options.setdefault("step_t", t_span[1:])
-        adjoint_options.setdefault("step_t", t_span[:1])  # the adjoint runs back to t_start
-    kwargs: dict[str, Any] = {"rtol": rtol, "atol": atol, "method": method, "options": options}
-    try:
-        if adjoint:
-            params = tuple(func.parameters()) if adjoint_params is None else tuple(adjoint_params)
-            solution = torchdiffeq.odeint_adjoint(
-                func, y0, t_span, adjoint_params=params, adjoint_options=adjoint_options, **kwargs
-            )
-        else:
-            solution = torchdiffeq.odeint(func, y0, t_span, **kwargs)
-    except AssertionError as err:
-        if "underflow" not in str(err):
-            raise
-        flag = func.score.nonfinite
-        if flag is not None and bool(flag):
-            raise RuntimeError(
-                "score_fn returned NaN or inf during the ODE solve, so the step size collapsed "
-                f"(torchdiffeq: {err}); check the model and the input range"
-            ) from err
-        raise RuntimeError(
-            f"the ODE solver's step size underflowed between t={t_start} and t={t_end} (torchdiffeq: {err}): "
-            "the probability-flow ODE is too stiff here; try a larger t_min or looser rtol/atol"
-        ) from err
-    if isinstance(solution, tuple):
-        end = tuple(s[-1] for s in solution)
-        names = ("the ODE end state", "the log-density change")
-        for name, value in zip(names, end, strict=True):
-            check_finite(value.detach(), name)
-        return end
-    check_finite(solution[-1].detach(), "the ODE end state")
-    return solution[-1]
 
 
 # ----------------------------------------------------------------------------- validation
@@ -410,14 +308,11 @@ def _check_solver_args(
         raise TypeError(f"sde must be an scoresde.SDE, got {type(sde).__name__}")
     if not callable(score_fn):
         raise TypeError(f"score_fn must be callable (x, t) -> score, got {type(score_fn).__name__}")
-    if method not in _ADAPTIVE_METHODS + _FIXED_METHODS:
-        raise ValueError(f"method must be one of {_ADAPTIVE_METHODS + _FIXED_METHODS}, got {method!r}")
-    if method in _FIXED_METHODS and not (options and ("step_size" in options or "grid_constructor" in options)):
+    check_odeint_args(method, rtol, atol)
+    fixed_grid_given = options and ("step_size" in options or "grid_constructor" in options)
+    if method in FIXED_GRID_ODEINT_METHODS and not fixed_grid_given:
         # torchdiffeq would silently take a single step over [t_min, T]
         raise ValueError(f"fixed-step method {method!r} needs options={{'step_size': ...}}")
-    for name, tol in (("rtol", rtol), ("atol", atol)):
-        if not isinstance(tol, (int, float)) or isinstance(tol, bool) or not tol > 0 or not math.isfinite(tol):
-            raise ValueError(f"{name} must be a finite number > 0, got {tol!r}")
     t_min = sde.t_min if t_min is None else t_min
     if not isinstance(t_min, (int, float)) or isinstance(t_min, bool) or not 0 <= t_min < sde.T:
         raise ValueError(f"t_min must be a number in [0, T={sde.T}), got {t_min!r}")
@@ -488,19 +383,25 @@ def log_likelihood(
         divergence = "exact" if x[0].numel() <= EXACT_DIVERGENCE_MAX_DIM else "hutchinson"
     probes = _draw_probes(probe, num_probes, x, generator) if divergence == "hutchinson" else None
 
-    score = _CheckedScore(score_fn)
+    score = CountingScore(score_fn)
     func = _FlowWithDivergence(sde, score, probes, build_graph=grad or adjoint)
     delta0 = x.new_zeros(x.shape[0])
     with torch.set_grad_enabled(grad or adjoint):
-        z, delta = _integrate(
-            func, (x, delta0), t_min, sde.T, like=x, method=method, rtol=rtol, atol=atol, options=options,
+        zs, deltas = odeint(
+            func, (x, delta0), _time_span(t_min, sde.T), method=method, rtol=rtol, atol=atol, options=options,
             adjoint=adjoint, adjoint_params=adjoint_params,
         )
+        z, delta = zs[-1], deltas[-1]
+        check_finite(delta.detach(), "the log-density change")
         prior = (sde.prior_log_prob if prior_log_prob_fn is None else prior_log_prob_fn)(z)
         if prior.shape != delta.shape:
             raise ValueError(f"prior_log_prob_fn returned shape {tuple(prior.shape)}, expected {tuple(delta.shape)}")
         prior = prior.to(x.dtype)
-    return LikelihoodResult(log_prob=prior + delta, prior_log_prob=prior, delta_log_prob=delta, z=z, nfe=score.nfe)
+    return LikelihoodResult(log_prob=prior + delta, prior_log_prob=prior, delta_log_prob=delta, z=z, nfe=score.calls)
+
+
+def _time_span(t_start: float, t_end: float) -> Tensor:
+    return torch.tensor([t_start, t_end], dtype=torch.float64)
 
 
 def _solve_flow(
@@ -510,13 +411,14 @@ def _solve_flow(
     """The probability-flow ODE from ``t_min`` to ``T`` (``forward``) or back."""
     t_min = _check_solver_args(score_fn, sde, method, rtol, atol, options, t_min)
     _check_state(x, name)
-    score = _CheckedScore(score_fn)
+    score = CountingScore(score_fn)
     t_start, t_end = (t_min, sde.T) if forward else (sde.T, t_min)
     with torch.set_grad_enabled(grad):
-        out = _integrate(
-            _Flow(sde, score), x, t_start, t_end, like=x, method=method, rtol=rtol, atol=atol, options=options
+        states = odeint(
+            FlowField(sde, score), x, _time_span(t_start, t_end), method=method, rtol=rtol, atol=atol,
+            options=options,
         )
-    return out, score.nfe
+    return states[-1], score.calls
 
 
 def encode(

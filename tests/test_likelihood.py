@@ -16,6 +16,7 @@ from torch import nn
 
 import scoresde as sd
 from scoresde.likelihood import EXACT_DIVERGENCE_MAX_DIM
+from scoresde.solvers import NonFiniteError
 
 NATS_PER_DIM_TOL = 1e-3  # the target at rtol = atol = 1e-5
 Z_CRIT = 4.5  # standard errors allowed in Monte Carlo checks (two-sided p ~ 7e-6 per check)
@@ -421,7 +422,7 @@ def test_non_finite_score_is_reported() -> None:
     def score(y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return torch.where((t > 0.5)[:, None], torch.full_like(y, float("nan")), -y)
 
-    with pytest.raises(RuntimeError, match="score_fn returned NaN or inf"):
+    with pytest.raises(NonFiniteError, match=r"velocity \(dopri5\) became non-finite \(NaN or inf\) at evaluation"):
         sd.encode(score, sde, x)
 
 

@@ -8,18 +8,19 @@ from scoresde.metrics import relative_score_error
 
 @pytest.mark.timeout(240)
 def test_short_training_learns_the_mixture_score():
-    """An MLP trained for 1500 steps on an 8-mode ring gets the score of p_t to within a
-    relative squared L2 error of 5% at t >= 0.1 (measured: about 1% at t = 0.1, 0.1% at 0.5)."""
+    """An MLP trained for 1000 steps on an 8-mode ring gets the score of p_t to within a
+    relative squared L2 error of 2% at t = 0.25 and 0.5 (measured: 0.5% and 0.1%). Smaller t
+    needs longer training: the error at t = 0.1 stays near 30% until about 3000 steps."""
     torch.manual_seed(0)
     sde, gmm = sd.VPSDE(), ring_mixture()
     model = sd.EpsilonScore(sd.nn.MLP(dim=2, hidden=128, depth=3), sde)
     gen = torch.Generator().manual_seed(0)
-    result = sd.fit(model, sde, lambda n, g: gmm.sample(n, generator=g), steps=1500, batch_size=512, generator=gen)
+    result = sd.fit(model, sde, lambda n, g: gmm.sample(n, generator=g), steps=1000, batch_size=256, generator=gen)
     assert sum(result.losses[-100:]) < sum(result.losses[:100])
-    for t in (0.1, 0.5):
+    for t in (0.25, 0.5):
         x = gmm.marginal(sde, t).sample(4096, generator=gen)
         err = relative_score_error(model, gmm.score_fn(sde), x, torch.full((len(x),), t))
-        assert err < 0.05, f"t={t}: relative score error {err:.4f}"
+        assert err < 0.02, f"t={t}: relative score error {err:.4f}"
 
 
 def test_fit_from_a_tensor_reduces_the_loss():

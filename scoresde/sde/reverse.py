@@ -18,8 +18,9 @@ from scoresde._tensor import TimeLike, append_dims, as_time
 from scoresde.sde.base import SDE, ScoreFn
 
 
-class ReverseSDE:
-    """Drift and diffusion of the reverse-time SDE of ``sde`` under ``score_fn``."""
+class _ScoreDriven:
+    r"""A forward SDE paired with a score: the drifts :math:`f - w\,g^2 s` of the reverse-time
+    dynamics (``w = 1`` for the SDE, ``1/2`` for the ODE)."""
 
     def __init__(self, sde: SDE, score_fn: ScoreFn) -> None:
         if not callable(score_fn):
@@ -27,11 +28,18 @@ class ReverseSDE:
         self.sde = sde
         self.score_fn = score_fn
 
-    def drift(self, x: Tensor, t: TimeLike) -> Tensor:
-        r""":math:`f(x, t) - g(t)^2 s(x, t)` (the drift in forward time; integrate with ``dt < 0``)."""
+    def _drift(self, x: Tensor, t: TimeLike, weight: float) -> Tensor:
         t = as_time(t, x)
         g2 = append_dims(self.sde.diffusion(t).square(), x.ndim).to(x.dtype)
-        return self.sde.drift(x, t) - g2 * self.score_fn(x, t)
+        return self.sde.drift(x, t) - weight * g2 * self.score_fn(x, t)
+
+
+class ReverseSDE(_ScoreDriven):
+    """Drift and diffusion of the reverse-time SDE of ``sde`` under ``score_fn``."""
+
+    def drift(self, x: Tensor, t: TimeLike) -> Tensor:
+        r""":math:`f(x, t) - g(t)^2 s(x, t)` (the drift in forward time; integrate with ``dt < 0``)."""
+        return self._drift(x, t, 1.0)
 
     def diffusion(self, t: Tensor) -> Tensor:
         """:math:`g(t)`, as for the forward SDE."""
@@ -48,17 +56,9 @@ class ReverseSDE:
         return -f + append_dims(g.square(), x.ndim) * self.score_fn(x, t), g
 
 
-class ProbabilityFlowODE:
+class ProbabilityFlowODE(_ScoreDriven):
     """Velocity of the probability-flow ODE of ``sde`` under ``score_fn``."""
-
-    def __init__(self, sde: SDE, score_fn: ScoreFn) -> None:
-        if not callable(score_fn):
-            raise TypeError(f"score_fn must be callable (x, t) -> score, got {type(score_fn).__name__}")
-        self.sde = sde
-        self.score_fn = score_fn
 
     def velocity(self, x: Tensor, t: TimeLike) -> Tensor:
         r""":math:`dx/dt = f(x, t) - \frac12 g(t)^2 s(x, t)`, shaped like ``x``."""
-        t = as_time(t, x)
-        g2 = append_dims(self.sde.diffusion(t).square(), x.ndim).to(x.dtype)
-        return self.sde.drift(x, t) - 0.5 * g2 * self.score_fn(x, t)
+        return self._drift(x, t, 0.5)

@@ -11,30 +11,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from scoresde.sde.base import LinearSDE
-from scoresde.sde.vp import beta_schedule
+from scoresde.sde.vp import BetaScheduleSDE
 
 
-class SubVPSDE(LinearSDE):
+class SubVPSDE(BetaScheduleSDE):
     r"""Sub-VP SDE; same arguments as :class:`~scoresde.VPSDE`."""
-
-    def __init__(
-        self,
-        beta_min: float | None = None,
-        beta_max: float | None = None,
-        schedule: str = "linear",
-        T: float | None = None,
-        t_min: float = 1e-5,
-    ) -> None:
-        self.schedule, T = beta_schedule(schedule, beta_min, beta_max, T)
-        super().__init__(T=T, t_min=t_min)
-
-    def beta(self, t: Tensor) -> Tensor:
-        r""":math:`\beta(t)`."""
-        return self.schedule.beta(t)
-
-    def log_alpha(self, t: Tensor) -> Tensor:
-        return -0.5 * self.schedule.integral(t)
 
     def sigma(self, t: Tensor) -> Tensor:
         return -torch.expm1(-self.schedule.integral(t))
@@ -54,11 +35,5 @@ class SubVPSDE(LinearSDE):
         b = torch.where(lam < 0, b_low, b_high)
         return self.schedule.inverse_integral(b).clamp(0, self.T)
 
-    def drift_coef(self, t: Tensor) -> Tensor:
-        return -0.5 * self.beta(t)
-
     def diffusion(self, t: Tensor) -> Tensor:
         return (self.beta(t) * -torch.expm1(-2 * self.schedule.integral(t))).sqrt()
-
-    def __repr__(self) -> str:
-        return f"SubVPSDE({self.schedule!r}, T={self.T}, t_min={self.t_min})"

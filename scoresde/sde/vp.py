@@ -88,8 +88,9 @@ def beta_schedule(
     raise ValueError(f"schedule must be 'linear' or 'cosine', got {schedule!r}")
 
 
-class VPSDE(LinearSDE):
-    r"""Variance-preserving SDE, :math:`dx = -\frac12\beta(t)x\,dt + \sqrt{\beta(t)}\,dw`.
+class BetaScheduleSDE(LinearSDE):
+    r"""Shared part of the VP and sub-VP SDEs: drift :math:`-\frac12\beta(t)x`, mean coefficient
+    :math:`\alpha(t) = e^{-B(t)/2}`; subclasses give the noise (``sigma``, ``diffusion``, ...).
 
     Args:
         beta_min, beta_max: the linear schedule's end points (defaults 0.1 and 20).
@@ -116,6 +117,17 @@ class VPSDE(LinearSDE):
     def log_alpha(self, t: Tensor) -> Tensor:
         return -0.5 * self.schedule.integral(t)
 
+    def drift_coef(self, t: Tensor) -> Tensor:
+        return -0.5 * self.beta(t)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.schedule!r}, T={self.T}, t_min={self.t_min})"
+
+
+class VPSDE(BetaScheduleSDE):
+    r"""Variance-preserving SDE, :math:`dx = -\frac12\beta(t)x\,dt + \sqrt{\beta(t)}\,dw`;
+    arguments as :class:`BetaScheduleSDE`."""
+
     def sigma(self, t: Tensor) -> Tensor:
         return (-torch.expm1(-self.schedule.integral(t))).sqrt()
 
@@ -126,11 +138,5 @@ class VPSDE(LinearSDE):
         t = self.schedule.inverse_integral(torch.nn.functional.softplus(-lam))
         return t.clamp(0, self.T)
 
-    def drift_coef(self, t: Tensor) -> Tensor:
-        return -0.5 * self.beta(t)
-
     def diffusion(self, t: Tensor) -> Tensor:
         return self.beta(t).sqrt()
-
-    def __repr__(self) -> str:
-        return f"VPSDE({self.schedule!r}, T={self.T}, t_min={self.t_min})"

@@ -1,0 +1,398 @@
+r"""Sampling loops: the reverse SDE, predictor–corrector, and the probability-flow ODE.
+
+Every sampler starts at ``t_start`` (default ``T``) from a prior draw or ``x_init``, runs down a
+descending time grid to ``t_end`` (default the SDE's ``t_min``) and returns a
+:class:`SampleResult` with the exact number of score evaluations (NFE). Shared arguments:
+
+* ``x_init``: the state at ``t_start`` instead of a prior draw (compare samplers on the same
+  noise); never modified.
+* ``timesteps``: an explicit descending grid (overrides ``num_steps``/``grid``/``t_end``).
+* ``grid``: the kind of grid built from ``num_steps`` (see :mod:`scoresde.timesteps`).
+* ``denoise``: finish with Tweedie's step :math:`x_0 = (x + \sigma^2 s(x, t_{end}))/\alpha`
+  (one more NFE; needs a :class:`~scoresde.LinearSDE`).
+* ``save_at``: times at which to keep the state in ``result.trajectory``, or ``"grid"`` for
+  every grid point. A fixed-step loop adds those times to its grid.
+* ``generator``, ``device``, ``dtype``: randomness and placement of the prior draw.
+* ``progress``: a tqdm bar over the steps.
+
+A state that becomes NaN or infinite raises :class:`~scoresde.solvers.NonFiniteError`
+naming the first bad step, checked once after the loop (no host sync per step).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from scoresde._tensor import check_finite
+from scoresde.progress import progress_bar
+from scoresde.sde.base import SDE, LinearSDE, ScoreFn
+from scoresde.solvers._common import (
+    CountingScore,
+    FirstNonFinite,
+    StepContext,
+    predict_x0,
+    require_linear_sde,
+    require_sde,
+)
+from scoresde.solvers.correctors import CORRECTORS, Corrector
+from scoresde.solvers.ode import ODE_STEPPERS, ExponentialIntegrator
+from scoresde.solvers.odeint import ADAPTIVE_ODEINT_METHODS, ODEINT_METHODS, FlowField, check_odeint_args, odeint
+from scoresde.solvers.predictors import PREDICTORS, EulerMaruyama, Predictor
+from scoresde.solvers.sdeint import SDEINT_METHODS, sdeint_reverse_sde
+from scoresde.timesteps import check_time_grid, time_grid
+
+SaveAt = Sequence[float] | Tensor | str | None
+TORCHSDE_PREFIX = "torchsde_"
+SDE_METHODS = ("euler", *(m if m != "euler" else TORCHSDE_PREFIX + m for m in SDEINT_METHODS))
+
+
+@dataclass
+class Trajectory:
+    """States saved along a run: ``t`` ``(k,)`` descending float64, ``x`` ``(k, batch, *event)``."""
+
+    t: Tensor
+    x: Tensor
+
+
+@dataclass
+class SampleResult:
+    """``x`` ``(batch, *event)``; ``nfe`` the number of score evaluations; the saved trajectory."""
+
+    x: Tensor
+    nfe: int
+    trajectory: Trajectory | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# boundary checks
+
+
+def _initial_state(
+    sde: SDE,
+    shape: tuple[int, ...] | None,
+    x_init: Tensor | None,
+    generator: torch.Generator | None,
+    device: torch.device | str | None,
+    dtype: torch.dtype | None,
+) -> Tensor:
+    if x_init is None:
+        if shape is None:
+            raise ValueError("give shape=(batch, *event) or x_init")
+        shape = tuple(shape)
+        if len(shape) < 2 or not all(isinstance(n, int) and n > 0 for n in shape):
+            raise ValueError(f"shape must be (batch, *event) of positive ints, got {shape!r}")
+        return sde.prior_sample(shape, generator=generator, device=device, dtype=dtype)
+    if not isinstance(x_init, Tensor) or not x_init.is_floating_point():
+        raise TypeError(f"x_init must be a floating-point tensor, got {type(x_init).__name__}")
+    if x_init.ndim < 2:
+        raise ValueError(f"x_init must be (batch, *event), got shape {tuple(x_init.shape)}")
+    if shape is not None and tuple(shape) != tuple(x_init.shape):
+        raise ValueError(f"shape {tuple(shape)} does not match x_init's shape {tuple(x_init.shape)}")
+    check_finite(x_init, "x_init")
+    return x_init.to(device=device or x_init.device, dtype=dtype or x_init.dtype)
+
+
+def _grid(
+    sde: SDE, timesteps: Tensor | Sequence[float] | None, num_steps: int | None, kind: str, t_end: float | None
+) -> Tensor:
+    if timesteps is not None:
+        grid = check_time_grid(sde, timesteps)
+        if num_steps is not None and num_steps != len(grid) - 1:
+            raise ValueError(f"num_steps={num_steps} does not match timesteps with {len(grid) - 1} steps")
+        if t_end is not None:
+            raise ValueError("give t_end or timesteps, not both")
+        return grid.cpu()
+    if num_steps is None:
+        raise ValueError("give num_steps or timesteps")
+    return time_grid(sde, num_steps, kind, t_end=t_end)
+
+
+def _with_save_points(grid: Tensor, save_at: SaveAt) -> tuple[Tensor, Tensor]:
+    """The grid with the ``save_at`` times merged in, and a boolean mask of the saved points."""
+    if save_at is None:
+        return grid, torch.zeros_like(grid, dtype=torch.bool)
+    if isinstance(save_at, str):
+        if save_at != "grid":
+            raise ValueError(f"save_at must be times, 'grid' or None, got {save_at!r}")
+        return grid, torch.ones_like(grid, dtype=torch.bool)
+    times = torch.as_tensor(save_at, dtype=torch.float64).cpu().reshape(-1)
+    if not torch.isfinite(times).all() or (times > grid[0]).any() or (times < grid[-1]).any():
+        raise ValueError(f"save_at times must lie in [{grid[-1].item()}, {grid[0].item()}], got {times.tolist()}")
+    merged = torch.cat([grid, times]).unique().flip(0)
+    return merged, torch.isin(merged, times)
+
+
+def _trajectory(grid: Tensor, mask: Tensor, states: list[Tensor]) -> Trajectory | None:
+    if not mask.any():
+        return None
+    return Trajectory(t=grid[mask].to(states[0].device), x=torch.stack(states))
+
+
+def _check_denoise(sde: SDE, denoise: bool) -> None:
+    if not isinstance(denoise, bool):
+        raise TypeError(f"denoise must be True or False, got {denoise!r}")
+    if denoise:
+        require_linear_sde(sde, "denoise=True (Tweedie's formula)")
+
+
+def _finish(
+    sde: SDE, score: CountingScore, x: Tensor, grid: Tensor, denoise: bool, trajectory: Trajectory | None
+) -> SampleResult:
+    if denoise:
+        x = predict_x0(sde, score, x, grid[-1].to(x.device))  # type: ignore[arg-type]
+        check_finite(x, "the denoised sample (Tweedie step at t_end)")
+    return SampleResult(x=x, nfe=score.calls, trajectory=trajectory)
+
+
+# ---------------------------------------------------------------------------------------------
+# the one fixed-grid loop
+
+
+def _run_grid(
+    step: Callable[[Tensor, int, Tensor, Tensor], Tensor],
+    x: Tensor,
+    grid: Tensor,
+    save_mask: Tensor,
+    *,
+    progress: bool,
+    desc: str,
+) -> tuple[Tensor, list[Tensor]]:
+    """``x <- step(x, i, t_i, t_{i+1})`` over the grid; returns the final state and the saved ones."""
+    num_steps = len(grid) - 1
+    times = grid.to(x.device)
+    keep = save_mask.tolist()
+    saved = [x] if keep[0] else []
+    first_bad = FirstNonFinite(x.device)
+    with progress_bar(total=num_steps, enabled=progress, desc=desc) as bar:
+        for i in range(num_steps):
+            x = step(x, i, times[i], times[i + 1])
+            first_bad.record(x, i + 1, times[i + 1])
+            if keep[i + 1]:
+                saved.append(x)
+            bar.update()
+    first_bad.raise_if_any(f"the state of {desc} (step i goes from t_(i-1) to t_i of {num_steps})")
+    return x, saved
+
+
+def _run_predictor_corrector(
+    predictor: Predictor,
+    corrector: Corrector | None,
+    score: CountingScore,
+    sde: SDE,
+    x: Tensor,
+    grid: Tensor,
+    save_at: SaveAt,
+    *,
+    generator: torch.Generator | None,
+    denoise: bool,
+    progress: bool,
+    desc: str,
+) -> SampleResult:
+    grid, mask = _with_save_points(grid, save_at)
+    ctx = StepContext(generator=generator)
+
+    def step(x: Tensor, i: int, t: Tensor, s: Tensor) -> Tensor:
+        # predictor first, then the corrector at the new time (Song et al. 2021, Alg. 1)
+        x = predictor.step(x, t, s, ctx)
+        return x if corrector is None else corrector.correct(x, s, t, ctx)
+
+    x, saved = _run_grid(step, x, grid, mask, progress=progress, desc=desc)
+    return _finish(sde, score, x, grid, denoise, _trajectory(grid, mask, saved))
+
+
+# ---------------------------------------------------------------------------------------------
+# public entry points
+
+
+def sample_pc(
+    score_fn: ScoreFn,
+    sde: SDE,
+    shape: tuple[int, ...] | None = None,
+    *,
+    num_steps: int | None = 1000,
+    predictor: str = "reverse_diffusion",
+    corrector: str | None = "langevin",
+    snr: float = 0.16,
+    corrector_steps: int = 1,
+    corrector_norm: str = "batch",
+    grid: str = "uniform",
+    t_end: float | None = None,
+    timesteps: Tensor | Sequence[float] | None = None,
+    x_init: Tensor | None = None,
+    denoise: bool = True,
+    save_at: SaveAt = None,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    progress: bool = False,
+) -> SampleResult:
+    r"""Predictor–corrector sampling (Song et al. 2021, Alg. 1).
+
+    Each step runs the predictor from :math:`t_i` to :math:`t_{i+1}`, then ``corrector_steps``
+    Langevin updates at :math:`t_{i+1}`. NFE = ``num_steps * (1 + corrector_steps)`` (+1 with
+    ``denoise``). The defaults (reverse diffusion, Langevin, snr 0.16, one corrector step,
+    1000 uniform steps, denoising at the end) are Song et al.'s; pass ``t_end=1e-3`` for their
+    VP setting.
+
+    Args:
+        predictor: ``"reverse_diffusion"``, ``"euler_maruyama"`` or ``"ancestral"`` (the last
+            needs a :class:`~scoresde.LinearSDE`).
+        corrector: ``"langevin"``, ``"annealed_langevin"`` (needs a LinearSDE) or ``None``.
+        snr, corrector_steps: the correctors' signal-to-noise ratio and number of updates.
+        corrector_norm: ``"batch"`` (default) or ``"per_sample"`` norms in the Langevin step
+            size (per-sample steps are biased: see :class:`~scoresde.solvers.LangevinCorrector`).
+
+    Returns:
+        :class:`SampleResult` with ``x`` of shape ``shape`` (or ``x_init``'s).
+    """
+    sde = require_sde(sde)
+    score = CountingScore(score_fn)
+    if predictor not in PREDICTORS:
+        raise ValueError(f"predictor must be one of {tuple(PREDICTORS)}, got {predictor!r}")
+    if corrector is not None and corrector not in CORRECTORS:
+        raise ValueError(f"corrector must be one of {(*CORRECTORS, None)}, got {corrector!r}")
+    predictor_obj = PREDICTORS[predictor](sde, score)
+    corrector_obj: Corrector | None = None
+    if corrector is not None:
+        extra: dict[str, Any] = {"norm": corrector_norm} if corrector == "langevin" else {}
+        corrector_obj = CORRECTORS[corrector](sde, score, snr=snr, num_steps=corrector_steps, **extra)
+    _check_denoise(sde, denoise)
+    times = _grid(sde, timesteps, num_steps, grid, t_end)
+    x = _initial_state(sde, shape, x_init, generator, device, dtype)
+    return _run_predictor_corrector(
+        predictor_obj, corrector_obj, score, sde, x, times, save_at,
+        generator=generator, denoise=denoise, progress=progress, desc=f"sample_pc({predictor}, {corrector})",
+    )  # fmt: skip
+
+
+def sample_sde(
+    score_fn: ScoreFn,
+    sde: SDE,
+    shape: tuple[int, ...] | None = None,
+    *,
+    method: str = "euler",
+    num_steps: int | None = 1000,
+    grid: str = "uniform",
+    t_end: float | None = None,
+    timesteps: Tensor | Sequence[float] | None = None,
+    x_init: Tensor | None = None,
+    denoise: bool = False,
+    save_at: SaveAt = None,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    progress: bool = False,
+) -> SampleResult:
+    r"""Integrate the reverse-time SDE :math:`dx = [f - g^2 s]\,dt + g\,d\bar w` from ``t_start``
+    down to ``t_end``.
+
+    Args:
+        method: ``"euler"`` (this library's Euler–Maruyama loop, any grid; strong and weak
+            order 1), or a torchsde method: ``"torchsde_euler"``, ``"milstein"``, ``"srk"``
+            (strong order 1.5), ``"reversible_heun"`` (see :mod:`scoresde.solvers.sdeint`).
+            torchsde methods take ``num_steps`` equal steps; they accept ``timesteps`` only if
+            uniform, and store ``save_at`` states by linear interpolation between steps.
+
+    Works with any :class:`~scoresde.SDE` (``denoise=True`` needs a LinearSDE). NFE counts
+    score calls: one per step for Euler, more for ``srk``.
+    """
+    sde = require_sde(sde)
+    score = CountingScore(score_fn)
+    if method not in SDE_METHODS:
+        raise ValueError(f"method must be one of {SDE_METHODS}, got {method!r}")
+    _check_denoise(sde, denoise)
+    times = _grid(sde, timesteps, num_steps, grid, t_end)
+    x = _initial_state(sde, shape, x_init, generator, device, dtype)
+    if method == "euler":
+        return _run_predictor_corrector(
+            EulerMaruyama(sde, score), None, score, sde, x, times, save_at,
+            generator=generator, denoise=denoise, progress=progress, desc="sample_sde(euler)",
+        )  # fmt: skip
+    steps = torch.diff(times)
+    if not torch.allclose(steps, steps[0], rtol=1e-6, atol=0):
+        raise ValueError(f"torchsde method {method!r} needs a uniform grid (equal steps); got steps {steps.tolist()}")
+    times, mask = _with_save_points(times[[0, -1]], save_at)
+    states = sdeint_reverse_sde(
+        sde, score, x, times, method=method.removeprefix(TORCHSDE_PREFIX), num_steps=len(steps), generator=generator
+    )
+    saved = list(states[mask.to(states.device)])
+    return _finish(sde, score, states[-1], times, denoise, _trajectory(times, mask, saved))
+
+
+def sample_ode(
+    score_fn: ScoreFn,
+    sde: SDE,
+    shape: tuple[int, ...] | None = None,
+    *,
+    method: str = "dopri5",
+    num_steps: int | None = None,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    grid: str | None = None,
+    t_end: float | None = None,
+    timesteps: Tensor | Sequence[float] | None = None,
+    x_init: Tensor | None = None,
+    denoise: bool = False,
+    save_at: SaveAt = None,
+    options: dict[str, Any] | None = None,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    progress: bool = False,
+) -> SampleResult:
+    r"""Integrate the probability-flow ODE :math:`dx/dt = f - \frac12 g^2 s` from ``t_start``
+    down to ``t_end`` (deterministic given ``x_init``).
+
+    Args:
+        method: the library's fixed-step solvers ``"euler"`` (order 1), ``"heun"`` (2, EDM),
+            ``"ddim"`` (1), ``"dpmpp_2m"`` (2), ``"dpmpp_3m"`` (3) — the last three need a
+            :class:`~scoresde.LinearSDE` and ``t_end > 0`` — or any torchdiffeq method
+            (``"dopri5"``, ``"rk4"``, ...; adaptive ones use ``rtol``/``atol``, fixed-grid ones
+            one step per grid interval).
+        num_steps: steps for the fixed-step methods (an adaptive method refuses it).
+        grid: grid kind for ``num_steps`` (default ``"log_snr"`` for a LinearSDE, as
+            DPM-Solver recommends, else ``"uniform"``).
+        options: passed to torchdiffeq's ``odeint``.
+
+    :func:`~scoresde.encode` integrates the same ODE forward, from data to latent.
+    """
+    sde = require_sde(sde)
+    score = CountingScore(score_fn)
+    adaptive = method in ADAPTIVE_ODEINT_METHODS
+    if method not in ODE_STEPPERS and method not in ODEINT_METHODS:
+        raise ValueError(f"method must be one of {(*ODE_STEPPERS, *ODEINT_METHODS)}, got {method!r}")
+    stepper = ODE_STEPPERS[method](sde, score) if method in ODE_STEPPERS else None
+    _check_denoise(sde, denoise)
+    if stepper is None:
+        check_odeint_args(method, rtol, atol)
+    if adaptive:
+        if num_steps is not None:
+            raise ValueError(f"method={method!r} chooses its own steps: set rtol/atol, not num_steps={num_steps}")
+        times = _grid(sde, timesteps, 1 if timesteps is None else None, "uniform", t_end)
+        times = times if timesteps is not None else times[[0, -1]]
+    else:
+        kind = grid or ("log_snr" if isinstance(sde, LinearSDE) else "uniform")
+        times = _grid(sde, timesteps, num_steps, kind, t_end)
+    if isinstance(stepper, ExponentialIntegrator) and times[-1] <= 0:
+        raise ValueError(f"method={method!r} works in log-SNR, infinite at t=0: end the grid at t_end > 0")
+    x = _initial_state(sde, shape, x_init, generator, device, dtype)
+    times, mask = _with_save_points(times, save_at)
+    if stepper is None:
+        states = odeint(FlowField(sde, score), x, times, method=method, rtol=rtol, atol=atol, options=options)
+        saved = list(states[mask.to(states.device)])
+        return _finish(sde, score, states[-1], times, denoise, _trajectory(times, mask, saved))
+    ctx = StepContext(generator=generator)
+    num_intervals = len(times) - 1
+
+    def step(x: Tensor, i: int, t: Tensor, s: Tensor) -> Tensor:
+        ctx.last = i == num_intervals - 1
+        return stepper.step(x, t, s, ctx)
+
+    x, saved = _run_grid(step, x, times, mask, progress=progress, desc=f"sample_ode({method})")
+    return _finish(sde, score, x, times, denoise, _trajectory(times, mask, saved))
+

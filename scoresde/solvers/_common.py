@@ -1,0 +1,105 @@
+"""Pieces shared by every solver: the step context, score counting, the Gaussian-kernel check
+and the data prediction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from scoresde._tensor import as_time
+from scoresde.sde.base import SDE, LinearSDE, ScoreFn
+
+
+@dataclass
+class StepContext:
+    """What a step may need beyond ``(x, t, s)``: the random generator, whether this is the
+    last step of the grid, and a per-run history that multistep solvers append to."""
+
+    generator: torch.Generator | None = None
+    last: bool = False
+    history: list[Any] = field(default_factory=list)
+
+
+class CountingScore(nn.Module):
+    """Wraps ``score_fn(x, t)``, counts its calls (the NFE, a python int: no sync) and checks
+    that each output is shaped like ``x`` (metadata only). A module, so that a score model's
+    parameters are found through it (torchdiffeq's adjoint)."""
+
+    def __init__(self, score_fn: ScoreFn) -> None:
+        super().__init__()
+        if not callable(score_fn):
+            raise TypeError(f"score_fn must be callable (x, t) -> score, got {type(score_fn).__name__}")
+        self.score_fn = score_fn
+        self.calls = 0
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        score = self.score_fn(x, t)
+        self.calls += 1
+        if not isinstance(score, Tensor) or score.shape != x.shape:
+            got = tuple(score.shape) if isinstance(score, Tensor) else type(score).__name__
+            raise ValueError(f"score_fn returned {got} for x of shape {tuple(x.shape)}; it must match x")
+        return score
+
+
+def require_linear_sde(sde: SDE, solver: str) -> LinearSDE:
+    """Return ``sde`` if it has a Gaussian transition kernel, else raise ``TypeError``."""
+    if not isinstance(sde, SDE):
+        raise TypeError(f"sde must be a scoresde.SDE, got {type(sde).__name__}")
+    if not isinstance(sde, LinearSDE):
+        raise TypeError(
+            f"{solver} needs a Gaussian transition kernel (a LinearSDE with alpha(t), sigma(t)); "
+            f"{type(sde).__name__} only gives drift and diffusion: use Euler-Maruyama, a torchsde "
+            "method or the torchdiffeq ODE instead"
+        )
+    return sde
+
+
+def require_sde(sde: SDE) -> SDE:
+    if not isinstance(sde, SDE):
+        raise TypeError(f"sde must be a scoresde.SDE, got {type(sde).__name__}")
+    return sde
+
+
+def coef(v: Tensor, x: Tensor) -> Tensor:
+    """A 0-d (or ``(batch,)``-free) time coefficient cast to ``x``'s dtype for broadcasting."""
+    return v.to(x.dtype)
+
+
+def randn_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
+    """Standard normal noise shaped like ``x``, drawn from ``generator``."""
+    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+
+
+def predict_x0(sde: LinearSDE, score_fn: ScoreFn, x: Tensor, t: Tensor) -> Tensor:
+    r"""Tweedie's data prediction :math:`\hat x_0 = (x + \sigma_t^2 s(x, t)) / \alpha_t` at a
+    scalar time ``t`` (one score evaluation)."""
+    score = score_fn(x, as_time(t, x))
+    return (x + coef(sde.sigma(t).square(), x) * score) / coef(sde.alpha(t), x)
+
+
+class NonFiniteError(FloatingPointError):
+    """The sampler's state (or the score) became NaN or infinite."""
+
+
+class FirstNonFinite:
+    """Remembers, on the device and without a host sync, the first step whose state was not
+    finite; :meth:`raise_if_any` does the one sync at the end of a run."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.index = torch.full((), -1, dtype=torch.long, device=device)
+        self.time = torch.full((), float("nan"), dtype=torch.float64, device=device)
+
+    def record(self, value: Tensor, index: int, t: Tensor) -> None:
+        first = ~torch.isfinite(value).all() & (self.index < 0)
+        self.index = torch.where(first, index, self.index)
+        self.time = torch.where(first, t.to(self.time), self.time)
+
+    def raise_if_any(self, what: str, unit: str = "step") -> None:
+        index = int(self.index)
+        if index >= 0:
+            raise NonFiniteError(
+                f"{what} became non-finite (NaN or inf) at {unit} {index} (t={float(self.time):.6g})"
+            )
