@@ -79,12 +79,3 @@ def mixture(dim: int, num_components: int = 3, seed: int = 0) -> sd.GaussianMixt
     weights = torch.arange(1, num_components + 1, dtype=torch.float64)
     return sd.GaussianMixture(means, covs, weights)
 
-
-@pytest.fixture
-def one_thread():
-    """Run a test on one intra-op thread: small networks on a shared 2-core machine are
-    many times slower when OpenMP threads oversubscribe it."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)

@@ -10,8 +10,6 @@ from scoresde.data import load_digits
 from scoresde.nn import UNet
 from scoresde.train import Trainer
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 TRAIN = load_digits("train").subset(slice(0, 256))
 TEST = load_digits("test").subset(slice(0, 8))
 

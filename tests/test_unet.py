@@ -4,8 +4,6 @@ import torch
 import scoresde as sd
 from scoresde.nn import UNet
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 def tiny(**kw):
     args = {"channels": 8, "channel_mults": (1, 2), "num_res_blocks": 1, "attention_levels": (1,), "dropout": 0.0}
