@@ -78,4 +78,3 @@ def mixture(dim: int, num_components: int = 3, seed: int = 0) -> sd.GaussianMixt
     covs = 0.3 * a @ a.transpose(1, 2) + 0.05 * torch.eye(dim, dtype=torch.float64)
     weights = torch.arange(1, num_components + 1, dtype=torch.float64)
     return sd.GaussianMixture(means, covs, weights)
-
