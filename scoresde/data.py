@@ -43,6 +43,7 @@ __all__ = [
     "moons",
     "ring_mixture",
     "swiss_roll",
+    "to_levels",
     "toy_2d",
 ]
 
@@ -106,17 +107,23 @@ class ImageData:
         return self.transform((x + offset) / self.num_levels)
 
     def from_model(self, y: Tensor) -> Tensor:
-        """Model space -> the nearest integer levels (``uint8`` when they fit), clamped to the range."""
-        scale = torch.as_tensor(self.transform.scale, dtype=y.dtype, device=y.device)
-        shift = torch.as_tensor(self.transform.shift, dtype=y.dtype, device=y.device)
-        u = (y - shift) / scale
-        levels = (u * self.num_levels).floor().clamp(0, self.num_levels - 1)
-        return levels.to(torch.uint8 if self.num_levels <= 256 else torch.int64)
+        """Model space -> integer levels (:func:`to_levels`)."""
+        return to_levels(y, self.num_levels, self.transform)
 
     def subset(self, index: Tensor | slice) -> ImageData:
         """The images (and labels) at ``index``."""
         labels = None if self.labels is None else self.labels[index]
         return ImageData(self.levels[index], labels, self.num_levels, self.num_classes, self.transform)
+
+
+def to_levels(y: Tensor, num_levels: int, transform: DataTransform | None = None) -> Tensor:
+    r"""Model space -> integer levels: the bin :math:`\lfloor K\,T^{-1}(y)\rfloor` holding ``y``,
+    clamped to ``[0, K - 1]`` (``uint8`` when ``K <= 256``); the inverse of dequantization."""
+    transform = DataTransform() if transform is None else transform
+    scale = torch.as_tensor(transform.scale, dtype=y.dtype, device=y.device)
+    shift = torch.as_tensor(transform.shift, dtype=y.dtype, device=y.device)
+    levels = ((y - shift) / scale * num_levels).floor().clamp(0, num_levels - 1)
+    return levels.to(torch.uint8 if num_levels <= 256 else torch.int64)
 
 
 def _check_split(split: str) -> None:

@@ -542,6 +542,8 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "rng": all_rng,
             "world_size": self.world_size,
+            "num_levels": self.data.num_levels if isinstance(self.data, ImageData) else None,
+            "event_shape": list(self.data.image_shape if isinstance(self.data, ImageData) else self.data.shape[1:]),
             "trainer": self.hparams,
             "config": self.config,
         }
