@@ -27,7 +27,7 @@ import torch
 
 import scoresde as sd
 from scoresde.data import load_digits
-from scoresde.nn import UNet
+from scoresde.nn import MLP, UNet
 from scoresde.train import Trainer
 
 
@@ -54,6 +54,9 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=30.0, help="training wall-clock budget")
     parser.add_argument("--out", default="runs/bench_digits")
     parser.add_argument("--results", default="benchmarks/results/digits.json")
+    parser.add_argument("--net", choices=("unet", "mlp"), default="unet", help="U-Net, or an MLP on the 64 pixels")
+    parser.add_argument("--hidden", type=int, default=512, help="MLP width")
+    parser.add_argument("--depth", type=int, default=4, help="MLP residual blocks")
     parser.add_argument("--channels", type=int, default=32)
     parser.add_argument("--channel-mults", default="1,2,2")
     parser.add_argument("--num-res-blocks", type=int, default=1)
@@ -82,10 +85,13 @@ def main() -> None:
 
     torch.manual_seed(args.seed)
     sde = sd.VPSDE()
-    net = UNet(
-        in_channels=1, channels=args.channels, channel_mults=[int(m) for m in args.channel_mults.split(",")],
-        num_res_blocks=args.num_res_blocks, attention_levels=(1,), dropout=args.dropout,
-    )  # fmt: skip
+    if args.net == "mlp":
+        net = MLP(dim=train.levels[0].numel(), hidden=args.hidden, depth=args.depth)
+    else:
+        net = UNet(
+            in_channels=1, channels=args.channels, channel_mults=[int(m) for m in args.channel_mults.split(",")],
+            num_res_blocks=args.num_res_blocks, attention_levels=(1,), dropout=args.dropout,
+        )  # fmt: skip
     model = sd.EpsilonScore(net, sde)
     config = {k: v for k, v in vars(args).items()}
     trainer = Trainer(
