@@ -4,8 +4,10 @@ Forward SDEs with closed-form marginals, an exact Gaussian-mixture oracle, score
 adapters, denoising score matching, samplers and likelihoods.
 """
 
-from scoresde import analytic, nn
+from scoresde import analytic, data, nn
 from scoresde.analytic import GaussianMixture
+from scoresde.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from scoresde.data import ImageData, load_digits, load_images
 from scoresde.likelihood import (
     BitsPerDimResult,
     BpdEvaluation,
@@ -27,7 +29,7 @@ from scoresde.score import DataScore, DirectScore, EpsilonScore, ScoreModel, Vel
 from scoresde.sde import SDE, VESDE, VPSDE, LinearSDE, ProbabilityFlowODE, ReverseSDE, SubVPSDE
 from scoresde.solvers import NonFiniteError
 from scoresde.timesteps import check_time_grid, time_grid
-from scoresde.train import FitResult, fit
+from scoresde.train import FitResult, Trainer, TrainResult, fit
 
 __version__ = "0.1.0"
 
@@ -50,6 +52,15 @@ __all__ = [
     "dsm_loss",
     "fit",
     "FitResult",
+    "Trainer",
+    "TrainResult",
+    "data",
+    "ImageData",
+    "load_digits",
+    "load_images",
+    "save_checkpoint",
+    "load_checkpoint",
+    "CheckpointError",
     "log_likelihood",
     "LikelihoodResult",
     "divergence",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from matplotlib.axes import Axes
@@ -44,3 +46,37 @@ def plot_density(
         density = log_prob_fn(x).exp().reshape(num, num)
     ax.contourf(gx, gy, density, levels=20, **contour_kwargs)
     ax.set_aspect("equal")
+
+
+def image_grid(images: Tensor, *, num_levels: int, nrow: int | None = None, padding: int = 1) -> Tensor:
+    """Tile integer-level images ``(n, C, H, W)`` (C = 1 or 3) into one ``(rows*(H+p)+p, cols*(W+p)+p, C)``
+    float image in ``[0, 1]`` (``level / (num_levels - 1)``), ``nrow`` images per row (default
+    about ``sqrt(n)``), separated by ``padding`` pixels of white."""
+    if images.ndim != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"images must be (n, 1 or 3, H, W), got shape {tuple(images.shape)}")
+    n, c, h, w = images.shape
+    nrow = nrow or max(1, math.ceil(math.sqrt(n)))
+    rows = math.ceil(n / nrow)
+    grid = torch.ones(rows * (h + padding) + padding, nrow * (w + padding) + padding, c)
+    values = images.detach().cpu().float().div(num_levels - 1).clamp(0, 1).permute(0, 2, 3, 1)
+    for i in range(n):
+        r, col = divmod(i, nrow)
+        top, left = padding + r * (h + padding), padding + col * (w + padding)
+        grid[top : top + h, left : left + w] = values[i]
+    return grid
+
+
+def save_image_grid(
+    images: Tensor, path: str | Path, *, num_levels: int, nrow: int | None = None, scale: int = 1
+) -> Path:
+    """Write :func:`image_grid` of ``images`` as a PNG, each pixel enlarged ``scale`` times."""
+    from matplotlib.image import imsave
+
+    grid = image_grid(images, num_levels=num_levels, nrow=nrow)
+    if scale > 1:
+        grid = grid.repeat_interleave(scale, 0).repeat_interleave(scale, 1)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    array = grid[..., 0].numpy() if grid.shape[-1] == 1 else grid.numpy()
+    imsave(path, array, cmap="gray", vmin=0.0, vmax=1.0)
+    return path

@@ -1,20 +1,58 @@
-"""Training loops. :func:`fit` is the minimal one: Adam on the denoising score matching loss,
-batches drawn from a tensor or a sampler."""
+r"""Training loops.
+
+:func:`fit` is the minimal one: Adam on the denoising score matching loss, batches drawn from a
+tensor or a sampler, for quick 2-D experiments.
+
+:class:`Trainer` is the real one for data sets: AdamW with linear warm-up (then constant or
+cosine), gradient clipping, an exponential moving average of the weights
+(``torch.optim.swa_utils.AveragedModel`` with ``get_ema_multi_avg_fn``), bf16 autocast on
+GPU, atomic checkpoints that resume a run exactly, periodic evaluation (a sample grid and
+bits/dim on held-out data), a JSON-lines metrics log, and DistributedDataParallel under
+``torchrun`` (rank 0 writes; losses and bits/dim are reduced over ranks).
+
+Randomness: the batch order is a seeded permutation per epoch
+(``DistributedSampler(seed=seed).set_epoch(epoch)``), so step ``s`` always sees the same
+batch; the dequantization noise, training times and noise come from a per-rank
+``torch.Generator``, dropout from torch's global generator. Both generators' states of every
+rank are saved in the checkpoint, so a resumed run continues the uninterrupted one (bit for
+bit on CPU). Evaluation uses its own generators and never disturbs the training stream.
+"""
 
 from __future__ import annotations
 
+import json
+import math
+import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from scoresde.losses import dsm_loss
+from scoresde.checkpoint import check_plain, load_checkpoint, save_checkpoint
+from scoresde.data import ImageData
+from scoresde.likelihood import BpdEvaluation, decode, evaluate_bpd
+from scoresde.losses import TIME_SAMPLINGS, WEIGHTINGS, dsm_loss
 from scoresde.progress import progress_bar
+from scoresde.score import ScoreModel
 from scoresde.sde.base import LinearSDE
 
-BatchSource = Tensor | Callable[[int, torch.Generator], Tensor]
+__all__ = [
+    "FitResult",
+    "TrainResult",
+    "Trainer",
+    "distributed_context",
+    "fit",
+    "init_distributed",
+    "resolve_device",
+]
 
+BatchSource = Tensor | Callable[[int, torch.Generator], Tensor]
 
 @dataclass
 class FitResult:
@@ -85,3 +123,472 @@ def fit(
             bar.set_postfix(loss=f"{value:.4f}", refresh=False)
     model.eval()
     return result
+
+
+# ----------------------------------------------------------------------------- devices and ranks
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``"auto"`` (or ``None``): ``cuda:LOCAL_RANK`` if CUDA is available, else CPU; otherwise
+    the named device, which must exist."""
+    if device is None or device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device("cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}") from None
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} requested but CUDA is not available")
+        if resolved.index is None:
+            resolved = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return resolved
+
+
+def distributed_context() -> tuple[int, int]:
+    """``(rank, world_size)`` of the initialised process group, ``(0, 1)`` without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def init_distributed(device: torch.device) -> bool:
+    """Join the process group that ``torchrun`` describes in the environment (``WORLD_SIZE`` >
+    1): NCCL on CUDA, gloo on CPU. Returns whether a group is active."""
+    if dist.is_initialized():
+        return True
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return True
+
+
+def _stream_seed(seed: int, rank: int, stream: int) -> int:
+    """Distinct seeds for (run seed, rank, stream) — stream 0 training noise, 1 dropout, 2+ evaluation."""
+    return (seed * 1_000_003 + rank) * 16 + stream
+
+
+# ----------------------------------------------------------------------------- trainer
+
+
+@dataclass
+class TrainResult:
+    """Output of :meth:`Trainer.train`: the mean-over-ranks loss of every step run in this
+    call, the step reached, the checkpoint path (``None`` if none was written), the
+    evaluation records and the wall time."""
+
+    losses: list[float]
+    step: int
+    checkpoint: Path | None
+    evaluations: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+class Trainer:
+    r"""Train a score model on a data set with denoising score matching (:func:`~scoresde.dsm_loss`).
+
+    Args:
+        model: the score model, e.g. ``EpsilonScore(UNet(...), sde)``, on any device (moved to ``device``).
+        sde: the forward SDE.
+        data: an :class:`~scoresde.data.ImageData` (integer levels, uniformly dequantized
+            afresh every batch and mapped by its transform) or a float tensor ``(n, *event)``
+            used as is.
+        out_dir: where ``checkpoint.pt``, ``metrics.jsonl`` and ``samples/`` go.
+        steps: total optimisation steps of the run. batch_size: global batch (split over ranks).
+        lr: peak learning rate; ``warmup_steps`` of linear warm-up from ``lr/warmup_steps``, then
+            ``lr_schedule`` ``"constant"`` or ``"cosine"`` (to 0 at ``steps``).
+        weight_decay: AdamW's decoupled weight decay. grad_clip: max global gradient norm (0: off).
+        ema_decay: decay of the exponential moving average of the weights (evaluation and
+            checkpoints use the average too).
+        weighting, time_sampling: passed to :func:`~scoresde.dsm_loss`.
+        seed: seeds the batch order, noise and dropout (the model's initialisation is yours).
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``... mixed_precision: bf16 autocast on CUDA
+            (ignored on CPU).
+        eval_data: held-out :class:`ImageData` for bits/dim (its first ``num_eval_images``).
+        eval_every: evaluate every so many steps and at the end (0: only at the end; evaluation
+            needs ``ImageData``). num_grid_samples: images in the sample grid (0: none),
+            drawn with the probability-flow ODE from fixed noise.
+        bpd_kwargs: passed to :func:`~scoresde.evaluate_bpd` (default Hutchinson divergence
+            with one Rademacher probe, ``rtol = atol = 1e-4``).
+        checkpoint_every: save every so many steps (and always at the end of :meth:`train`).
+        log_every: write the mean loss to ``metrics.jsonl`` every so many steps.
+        config: the run's description, stored in every checkpoint (plain values only).
+        progress: a tqdm bar on rank 0. resume: continue from ``out_dir/checkpoint.pt`` if present.
+    """
+
+    def __init__(
+        self,
+        model: ScoreModel,
+        sde: LinearSDE,
+        data: ImageData | Tensor,
+        *,
+        out_dir: str | Path,
+        steps: int,
+        batch_size: int = 128,
+        lr: float = 2e-4,
+        lr_schedule: str = "constant",
+        warmup_steps: int = 0,
+        weight_decay: float = 0.0,
+        grad_clip: float = 1.0,
+        ema_decay: float = 0.999,
+        weighting: str = "sigma2",
+        time_sampling: str = "uniform",
+        seed: int = 0,
+        device: str | torch.device | None = "auto",
+        mixed_precision: bool = True,
+        eval_data: ImageData | None = None,
+        eval_every: int = 0,
+        num_eval_images: int = 64,
+        num_grid_samples: int = 64,
+        bpd_kwargs: dict[str, Any] | None = None,
+        checkpoint_every: int = 0,
+        log_every: int = 50,
+        config: dict[str, Any] | None = None,
+        progress: bool = False,
+        resume: bool = False,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be an nn.Module score model, got {type(model).__name__}")
+        if not isinstance(sde, LinearSDE):
+            raise TypeError(f"sde must be a LinearSDE, got {type(sde).__name__}")
+        for name, value, low in (("steps", steps, 1), ("batch_size", batch_size, 1), ("warmup_steps", warmup_steps, 0),
+                                 ("eval_every", eval_every, 0), ("checkpoint_every", checkpoint_every, 0),
+                                 ("log_every", log_every, 1), ("num_eval_images", num_eval_images, 0),
+                                 ("num_grid_samples", num_grid_samples, 0), ("seed", seed, 0)):  # fmt: skip
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+        for name, value, low in (("lr", lr, 0.0), ("weight_decay", weight_decay, 0.0), ("grad_clip", grad_clip, 0.0)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= low or value == math.inf:
+                raise ValueError(f"{name} must be a finite number >= {low}, got {value!r}")
+        if not lr > 0:
+            raise ValueError(f"lr must be > 0, got {lr!r}")
+        if not isinstance(ema_decay, (int, float)) or not 0 <= ema_decay < 1:
+            raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay!r}")
+        if lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
+        if weighting not in WEIGHTINGS:
+            raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+        if time_sampling not in TIME_SAMPLINGS:
+            raise ValueError(f"time_sampling must be one of {TIME_SAMPLINGS}, got {time_sampling!r}")
+        if isinstance(data, Tensor):
+            if not data.is_floating_point() or data.ndim < 2 or data.shape[0] == 0:
+                raise ValueError(f"tensor data must be a non-empty float (n, *event) tensor, got {data.dtype} "
+                                 f"{tuple(data.shape)}")  # fmt: skip
+        elif not isinstance(data, ImageData):
+            raise TypeError(f"data must be an ImageData or a float tensor, got {type(data).__name__}")
+        if eval_data is not None and not isinstance(eval_data, ImageData):
+            raise TypeError(f"eval_data must be an ImageData, got {type(eval_data).__name__}")
+        config = {} if config is None else config
+        check_plain(config, "config")
+
+        self.rank, self.world_size = distributed_context()
+        if batch_size % self.world_size:
+            raise ValueError(f"batch_size={batch_size} is not divisible by the {self.world_size} ranks")
+        self.device = resolve_device(device)
+        self.sde, self.data, self.eval_data = sde, data, eval_data
+        self.out_dir = Path(out_dir)
+        self.checkpoint_path = self.out_dir / "checkpoint.pt"
+        self.metrics_path = self.out_dir / "metrics.jsonl"
+        self.steps, self.batch_size, self.seed = steps, batch_size, seed
+        self.lr, self.lr_schedule, self.warmup_steps = float(lr), lr_schedule, warmup_steps
+        self.grad_clip, self.weighting, self.time_sampling = float(grad_clip), weighting, time_sampling
+        self.autocast = mixed_precision and self.device.type == "cuda"
+        self.eval_every, self.num_eval_images, self.num_grid_samples = eval_every, num_eval_images, num_grid_samples
+        self.bpd_kwargs = {"divergence": "hutchinson", "rtol": 1e-4, "atol": 1e-4, **(bpd_kwargs or {})}
+        self.checkpoint_every, self.log_every, self.progress = checkpoint_every, log_every, progress
+        self._evaluates = isinstance(data, ImageData) and bool(num_grid_samples or (eval_data and num_eval_images))
+        self.hparams: dict[str, Any] = {
+            "steps": steps, "batch_size": batch_size, "lr": float(lr), "lr_schedule": lr_schedule,
+            "warmup_steps": warmup_steps, "weight_decay": float(weight_decay), "grad_clip": float(grad_clip),
+            "ema_decay": float(ema_decay), "weighting": weighting, "time_sampling": time_sampling, "seed": seed,
+        }  # fmt: skip
+        self.config = config
+
+        self.model = model.to(self.device)
+        self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
+        self.ema.eval()
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=weight_decay)
+        self._train_model: nn.Module = self.model
+        if self.world_size > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self._train_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+
+        self.step = 0
+        self._last_saved_step: int | None = None
+        self.generator = torch.Generator(self.device).manual_seed(_stream_seed(seed, self.rank, 0))
+        self._dropout_rng = self._seeded_rng_state(_stream_seed(seed, self.rank, 1))
+
+        num = len(data) if isinstance(data, ImageData) else data.shape[0]
+        self._sampler = torch.utils.data.DistributedSampler(
+            range(num), num_replicas=self.world_size, rank=self.rank, shuffle=True, seed=seed, drop_last=True
+        )
+        self._per_rank = batch_size // self.world_size
+        self._batches_per_epoch = len(self._sampler) // self._per_rank
+        if self._batches_per_epoch == 0:
+            raise ValueError(f"batch_size={batch_size} is larger than the data set ({num} items)")
+        self._epoch: int | None = None
+        self._order = torch.empty(0, dtype=torch.long)
+
+        if resume and self.checkpoint_path.exists():
+            self.load(self.checkpoint_path)
+        elif self.rank == 0 and self.metrics_path.exists():
+            self.metrics_path.unlink()  # a new run: its log starts empty
+
+    # --- randomness
+
+    def _seeded_rng_state(self, seed: int) -> list[Tensor]:
+        """The global generator states (CPU, and this CUDA device) after seeding with ``seed``,
+        computed without touching the caller's global state."""
+        with self._fork_rng():
+            torch.manual_seed(seed)
+            return self._get_rng()
+
+    def _fork_rng(self) -> Any:
+        return torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else [])
+
+    def _get_rng(self) -> list[Tensor]:
+        states = [torch.get_rng_state()]
+        if self.device.type == "cuda":
+            states.append(torch.cuda.get_rng_state(self.device))
+        return states
+
+    def _set_rng(self, states: list[Tensor]) -> None:
+        torch.set_rng_state(states[0].cpu())
+        if self.device.type == "cuda":
+            torch.cuda.set_rng_state(states[1].cpu(), self.device)
+
+    # --- one step
+
+    def _learning_rate(self, step: int) -> float:
+        scale = min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps else 1.0
+        if self.lr_schedule == "cosine":
+            frac = max(0, step - self.warmup_steps) / max(1, self.steps - self.warmup_steps)
+            scale *= 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
+        return self.lr * scale
+
+    def _batch(self, step: int) -> Tensor:
+        """This rank's share of batch ``step``: a seeded permutation per epoch, so the batch
+        depends on the step alone."""
+        epoch, k = divmod(step, self._batches_per_epoch)
+        if epoch != self._epoch:
+            self._sampler.set_epoch(epoch)
+            self._order = torch.tensor(list(self._sampler), dtype=torch.long)
+            self._epoch = epoch
+        idx = self._order[k * self._per_rank : (k + 1) * self._per_rank]
+        if isinstance(self.data, ImageData):
+            levels = self.data.levels[idx].to(self.device)
+            return self.data.to_model(levels, generator=self.generator)
+        return self.data[idx].to(self.device)
+
+    def _mean_over_ranks(self, value: Tensor) -> Tensor:
+        if self.world_size > 1:
+            value = value.clone()
+            dist.all_reduce(value)
+            value /= self.world_size
+        return value
+
+    def _train_step(self, step: int) -> tuple[float, Tensor]:
+        x0 = self._batch(step)
+        lr = self._learning_rate(step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        with self._fork_rng():
+            self._set_rng(self._dropout_rng)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+                loss = dsm_loss(
+                    self._train_model, self.sde, x0, weighting=self.weighting, time_sampling=self.time_sampling,
+                    generator=self.generator,
+                )  # fmt: skip
+            self._dropout_rng = self._get_rng()
+        value = self._mean_over_ranks(loss.detach().float()).item()
+        if not math.isfinite(value):
+            if self._last_saved_step is None:
+                kept = "no checkpoint had been written"
+            else:
+                kept = f"the last good checkpoint {self.checkpoint_path} (step {self._last_saved_step}) is intact"
+            raise FloatingPointError(
+                f"non-finite loss ({value}) at step {step}: training stopped before updating the weights; {kept}"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip or math.inf)
+        self.optimizer.step()
+        self.ema.update_parameters(self.model)
+        return value, grad_norm
+
+    # --- the loop
+
+    def train(self, stop_at: int | None = None) -> TrainResult:
+        """Run from the current step to ``steps`` (or to ``stop_at``, e.g. to split a run in
+        two), checkpointing, logging and evaluating on the way; always saves a checkpoint at
+        the end. Raises ``FloatingPointError`` on a non-finite loss (nothing is saved then)."""
+        end = self.steps if stop_at is None else min(stop_at, self.steps)
+        main = self.rank == 0
+        start_time = time.perf_counter()
+        losses: list[float] = []
+        evaluations: list[dict[str, Any]] = []
+        window: list[float] = []
+        window_start = time.perf_counter()
+        self.model.train()
+        with progress_bar(total=self.steps, enabled=self.progress and main, desc="train") as bar:
+            bar.update(self.step)
+            while self.step < end:
+                value, grad_norm = self._train_step(self.step)
+                self.step += 1
+                losses.append(value)
+                window.append(value)
+                bar.update(1)
+                if self.step % self.log_every == 0 or self.step == end:
+                    elapsed = time.perf_counter() - window_start
+                    rate = len(window) * self.batch_size / max(elapsed, 1e-9)
+                    bar.set_postfix(loss=f"{sum(window) / len(window):.4f}", img_per_s=f"{rate:.0f}", refresh=False)
+                    self._log({
+                        "kind": "train", "step": self.step, "loss": sum(window) / len(window),
+                        "lr": self._learning_rate(self.step - 1), "grad_norm": float(grad_norm),
+                        "images_per_second": rate, "seconds": time.perf_counter() - start_time,
+                    })  # fmt: skip
+                    window, window_start = [], time.perf_counter()
+                if self.checkpoint_every and self.step % self.checkpoint_every == 0:
+                    self.save()
+                if self._evaluates and self.eval_every and self.step % self.eval_every == 0 and self.step < self.steps:
+                    evaluations.append(self.evaluate())
+                    self.model.train()
+        if self.step == self.steps and self._evaluates and (not evaluations or evaluations[-1]["step"] != self.step):
+            evaluations.append(self.evaluate())
+        checkpoint = self.save() if self._last_saved_step != self.step else self.checkpoint_path
+        self.model.eval()
+        return TrainResult(losses, self.step, checkpoint, evaluations, time.perf_counter() - start_time)
+
+    def _log(self, record: dict[str, Any]) -> None:
+        if self.rank == 0:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            with self.metrics_path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    # --- evaluation
+
+    def evaluate(self) -> dict[str, Any]:
+        """Evaluate the EMA model: a sample grid ``samples/step_XXXXXXX.png`` (rank 0) from fixed
+        prior noise through the probability-flow ODE, and bits/dim on the first
+        ``num_eval_images`` of ``eval_data``, sharded over ranks and reduced. Returns the record
+        also written to ``metrics.jsonl``; the training random streams are not touched."""
+        if not isinstance(self.data, ImageData):
+            raise TypeError("evaluation needs ImageData (images with a number of levels)")
+        start = time.perf_counter()
+        record: dict[str, Any] = {"kind": "eval", "step": self.step}
+        model = self.ema.module
+        if self.rank == 0 and self.num_grid_samples:
+            from scoresde.plot import save_image_grid
+
+            g = torch.Generator(self.device).manual_seed(_stream_seed(self.seed, 0, 2))
+            z = self.sde.prior_sample((self.num_grid_samples, *self.data.image_shape), generator=g, device=self.device)
+            with torch.no_grad():
+                sample = decode(model, self.sde, z, rtol=1e-3, atol=1e-3)
+            path = save_image_grid(
+                self.data.from_model(sample.x), self.out_dir / "samples" / f"step_{self.step:07d}.png",
+                num_levels=self.data.num_levels, scale=4,
+            )  # fmt: skip
+            record.update(sample_grid=str(path.relative_to(self.out_dir)), sample_nfe=sample.nfe)
+        if self.eval_data is not None and self.num_eval_images:
+            result = self.evaluate_bpd(model, self.eval_data.subset(slice(0, self.num_eval_images)))
+            record.update(bpd=result.mean, bpd_std_error=result.std_error, bpd_images=result.num_samples,
+                          bpd_nfe=result.nfe)  # fmt: skip
+        record["seconds"] = time.perf_counter() - start
+        self._log(record)
+        return record
+
+    def evaluate_bpd(self, model: nn.Module, data: ImageData) -> BpdEvaluation:
+        """Bits/dim of ``data`` under ``model``, the images split over the ranks (rank ``r``
+        takes every ``world_size``-th from ``r``) and the mean and standard error combined
+        over all of them; ``nfe`` is summed over ranks."""
+        shard = data.levels[self.rank :: self.world_size].to(self.device)
+        g = torch.Generator(self.device).manual_seed(_stream_seed(self.seed, self.rank, 3))
+        if shard.shape[0]:
+            local = evaluate_bpd(model, self.sde, shard, num_bins=data.num_levels, transform=data.transform,
+                                 generator=g, **self.bpd_kwargs)  # fmt: skip
+            n = local.num_samples
+            # recover the sum and sum of squares from the mean and the standard error
+            var = local.std_error**2 * n if n > 1 else 0.0
+            stats = [n, local.mean * n, var * (n - 1) + n * local.mean**2, local.nfe]
+        else:
+            stats = [0, 0.0, 0.0, 0]
+        totals = torch.tensor(stats, dtype=torch.float64, device=self.device)
+        if self.world_size > 1:
+            dist.all_reduce(totals)
+        n, total, total_sq, nfe = totals.tolist()
+        mean = total / n
+        std_error = math.sqrt(max(total_sq - n * mean**2, 0.0) / (n - 1) / n) if n > 1 else math.nan
+        return BpdEvaluation(mean=mean, std_error=std_error, num_samples=int(n), nfe=int(nfe))
+
+    # --- checkpoints
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs, as plain values; the RNG states of every rank are
+        gathered (a collective: call it on all ranks)."""
+        rng = {"generator": self.generator.get_state(), "global": self._dropout_rng}
+        all_rng: list[Any] = [None] * self.world_size
+        if self.world_size > 1:
+            dist.all_gather_object(all_rng, {k: _to_cpu(v) for k, v in rng.items()})
+        else:
+            all_rng = [rng]
+        return {
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "rng": all_rng,
+            "world_size": self.world_size,
+            "num_levels": self.data.num_levels if isinstance(self.data, ImageData) else None,
+            "event_shape": list(self.data.image_shape if isinstance(self.data, ImageData) else self.data.shape[1:]),
+            "trainer": self.hparams,
+            "config": self.config,
+        }
+
+    def save(self, path: str | Path | None = None) -> Path:
+        """Write the checkpoint atomically (rank 0; all ranks must call it). Default path
+        ``out_dir/checkpoint.pt``."""
+        path = Path(path) if path is not None else self.checkpoint_path
+        state = self.state_dict()
+        if self.rank == 0:
+            save_checkpoint(state, path)
+        if self.world_size > 1:
+            dist.barrier()
+        self._last_saved_step = self.step
+        return path
+
+    def load(self, path: str | Path) -> None:
+        """Restore model, EMA, optimizer, step and random states from a checkpoint; the metrics
+        log is cut back to the checkpoint's step."""
+        state = load_checkpoint(path, map_location=self.device)
+        try:
+            self.model.load_state_dict(state["model"])
+            self.ema.load_state_dict(state["ema"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.step = int(state["step"])
+            rng = state["rng"]
+        except (KeyError, RuntimeError, ValueError) as err:
+            reason = str(err).strip().splitlines()[0]
+            raise ValueError(f"checkpoint {path} does not fit this model and trainer: {reason}") from None
+        if len(rng) == self.world_size:
+            self.generator.set_state(rng[self.rank]["generator"].cpu())
+            self._dropout_rng = list(rng[self.rank]["global"])
+        else:  # another number of ranks: the run goes on, with fresh streams per rank
+            self.generator.manual_seed(_stream_seed(self.seed + self.step, self.rank, 0))
+            self._dropout_rng = self._seeded_rng_state(_stream_seed(self.seed + self.step, self.rank, 1))
+        self._last_saved_step = self.step
+        if self.rank == 0 and self.metrics_path.exists():
+            kept = [line for line in self.metrics_path.read_text().splitlines()
+                    if line.strip() and json.loads(line).get("step", 0) <= self.step]  # fmt: skip
+            self.metrics_path.write_text("".join(line + "\n" for line in kept))
+
+
+def _to_cpu(value: Any) -> Any:
+    if isinstance(value, Tensor):
+        return value.cpu()
+    if isinstance(value, list):
+        return [_to_cpu(v) for v in value]
+    return value

@@ -1,0 +1,96 @@
+"""Checkpoint files: atomic writes, safe loads, clear errors.
+
+A checkpoint is a dict of plain values (tensors, ints, floats, strings, bools, ``None``, and
+lists/dicts of them), so it loads with ``torch.load(weights_only=True)``: loading never runs
+code from the file. :func:`save_checkpoint` writes a temporary file in the target's folder,
+flushes and fsyncs it, then renames it over the target with ``os.replace`` (atomic on POSIX
+and Windows): a crash mid-write leaves the previous checkpoint untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["CHECKPOINT_FORMAT", "CheckpointError", "check_plain", "load_checkpoint", "save_checkpoint"]
+
+CHECKPOINT_FORMAT = "scoresde-checkpoint-v1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read (corrupted, truncated, not a scoresde checkpoint)."""
+
+
+_PLAIN = (bool, int, float, str, type(None))
+
+
+def check_plain(value: Any, name: str = "config") -> None:
+    """Raise ``TypeError`` naming the first entry of ``value`` that is not a plain value
+    (tensor, number, string, bool, None, or a list/tuple/dict of them with string or int keys),
+    i.e. that ``torch.load(weights_only=True)`` would refuse (numpy arrays, Paths, dataclasses...)."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, (str, int)):
+                raise TypeError(f"{name} has a key of type {type(key).__name__} ({key!r}); use strings")
+            check_plain(item, f"{name}.{key}")
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            check_plain(item, f"{name}[{i}]")
+    elif not (type(value) in _PLAIN or isinstance(value, torch.Tensor)):  # exact: numpy.float64 is a float
+        raise TypeError(
+            f"{name} is a {type(value).__module__}.{type(value).__qualname__}; a checkpoint holds only tensors, "
+            "numbers, strings, bools, None, lists and dicts (convert it, e.g. str(path), float(x))"
+        )
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
+    """Write ``state`` (plain values, see :func:`check_plain`) to ``path`` atomically; the
+    format tag :data:`CHECKPOINT_FORMAT` is added. Returns the path."""
+    check_plain(state, "checkpoint")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save({"format": CHECKPOINT_FORMAT, **state}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+    # make the rename itself durable (POSIX; a no-op where folders cannot be opened)
+    with contextlib.suppress(OSError):
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device | None = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint` with ``torch.load(weights_only=True)``.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        CheckpointError: the file is corrupted, truncated or not a scoresde checkpoint (the
+            message names the file).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} not found")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # zip, unpickling and EOF errors all mean the same thing here
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"cannot read checkpoint {path}: corrupted or truncated ({reason})") from err
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not a scoresde checkpoint (no format tag {CHECKPOINT_FORMAT!r})")
+    return state

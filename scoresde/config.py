@@ -1,0 +1,151 @@
+"""Run configurations for the ``scoresde`` command: a plain nested dict (the shape of a TOML
+file) -> data, SDE and score network. The dict is what checkpoints store, so a checkpoint
+alone rebuilds its model (:func:`load_run`).
+
+Sections and defaults are :data:`DEFAULT_CONFIG`; a TOML file or command-line flags override
+single keys, and an unknown key or a value of the wrong type is a ``ValueError`` naming it.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from scoresde.checkpoint import load_checkpoint
+from scoresde.data import ImageData, load_images
+from scoresde.nn import UNet
+from scoresde.score import EpsilonScore, ScoreModel
+from scoresde.sde import VESDE, VPSDE, LinearSDE, SubVPSDE
+
+__all__ = ["DEFAULT_CONFIG", "build_model", "build_sde", "load_config", "load_data", "load_run", "merge_config"]
+
+DEFAULT_CONFIG: dict[str, Any] = {
+    "data": {"name": "digits", "root": "", "download": False},
+    "sde": {
+        "name": "vp", "schedule": "linear", "beta_min": 0.1, "beta_max": 20.0, "sigma_min": 0.01, "sigma_max": 50.0,
+    },
+    "model": {
+        "channels": 32, "channel_mults": [1, 2, 2], "num_res_blocks": 1, "attention_levels": [1], "num_heads": 1,
+        "dropout": 0.1, "embedding": "fourier",
+    },
+    "train": {
+        "steps": 2000, "batch_size": 128, "lr": 1e-3, "lr_schedule": "constant", "warmup_steps": 200,
+        "weight_decay": 0.0, "grad_clip": 1.0, "ema_decay": 0.999, "weighting": "sigma2", "time_sampling": "uniform",
+        "seed": 0, "eval_every": 0, "checkpoint_every": 500, "log_every": 50, "num_eval_images": 64,
+        "num_grid_samples": 64,
+    },
+    "run": {"out": "runs/train", "device": "auto"},
+}  # fmt: skip
+"""Every key a run configuration may set, with its default."""
+
+
+def _check_value(name: str, value: Any, default: Any) -> Any:
+    """``value`` if it has the type of ``default`` (ints pass for floats), else ``ValueError``."""
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, list):
+        ok = isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        value = list(value) if ok else value
+    else:
+        ok = isinstance(value, str)
+    if not ok:
+        raise ValueError(f"config key {name} must be {type(default).__name__}, got {value!r}")
+    return value
+
+
+def merge_config(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``base`` with the ``{section: {key: value}}`` entries of ``override`` set;
+    keys must exist in :data:`DEFAULT_CONFIG` and values have its types."""
+    merged = copy.deepcopy(base)
+    for section, entries in override.items():
+        if section not in DEFAULT_CONFIG:
+            raise ValueError(f"unknown config section {section!r} (known: {', '.join(DEFAULT_CONFIG)})")
+        if not isinstance(entries, dict):
+            raise ValueError(f"config section {section!r} must be a table of keys, got {entries!r}")
+        for key, value in entries.items():
+            if key not in DEFAULT_CONFIG[section]:
+                raise ValueError(
+                    f"unknown config key {section}.{key} (known: {', '.join(DEFAULT_CONFIG[section])})"
+                )
+            merged.setdefault(section, {})[key] = _check_value(f"{section}.{key}", value, DEFAULT_CONFIG[section][key])
+    return merged
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """:data:`DEFAULT_CONFIG`, then the TOML file at ``path``, then ``overrides``."""
+    config = copy.deepcopy(DEFAULT_CONFIG)
+    if path is not None:
+        import tomllib
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {path} not found")
+        try:
+            config = merge_config(config, tomllib.loads(path.read_text()))
+        except tomllib.TOMLDecodeError as err:
+            raise ValueError(f"config file {path} is not valid TOML: {err}") from None
+    return merge_config(config, overrides or {})
+
+
+def build_sde(section: dict[str, Any]) -> LinearSDE:
+    """``vp`` (linear or cosine schedule), ``subvp`` or ``ve`` from the ``sde`` section."""
+    name = section["name"]
+    if name == "vp":
+        if section["schedule"] == "cosine":
+            return VPSDE(schedule="cosine")
+        return VPSDE(section["beta_min"], section["beta_max"], schedule=section["schedule"])
+    if name == "subvp":
+        return SubVPSDE(section["beta_min"], section["beta_max"])
+    if name == "ve":
+        return VESDE(section["sigma_min"], section["sigma_max"])
+    raise ValueError(f"config key sde.name must be 'vp', 'subvp' or 've', got {name!r}")
+
+
+def build_model(section: dict[str, Any], image_shape: tuple[int, ...], sde: LinearSDE) -> ScoreModel:
+    """``EpsilonScore(UNet(...), sde)`` from the ``model`` section for images of ``image_shape`` (C, H, W)."""
+    net = UNet(
+        in_channels=image_shape[0], channels=section["channels"], channel_mults=section["channel_mults"],
+        num_res_blocks=section["num_res_blocks"], attention_levels=section["attention_levels"],
+        num_heads=section["num_heads"], dropout=section["dropout"], embedding=section["embedding"],
+    )  # fmt: skip
+    factor = 2 ** (len(section["channel_mults"]) - 1)
+    if image_shape[1] % factor or image_shape[2] % factor:
+        raise ValueError(
+            f"images of {image_shape[1]}x{image_shape[2]} do not fit {len(section['channel_mults'])} U-Net levels "
+            f"(the size must be divisible by {factor}); shorten model.channel_mults"
+        )
+    return EpsilonScore(net, sde)
+
+
+def load_data(section: dict[str, Any], split: str) -> ImageData:
+    """The image set of the ``data`` section (``download`` only when set)."""
+    return load_images(section["name"], section["root"] or None, split, download=section["download"])
+
+
+def load_run(
+    checkpoint: str | Path, device: str | torch.device = "cpu", *, ema: bool = True
+) -> tuple[ScoreModel, LinearSDE, dict[str, Any], int]:
+    """Rebuild a trained score model from a checkpoint written by the ``scoresde train``
+    command: ``(model, sde, config, step)``, the model in eval mode with the EMA weights
+    (or the raw ones with ``ema=False``)."""
+    state = load_checkpoint(checkpoint, map_location=device)
+    config = state.get("config")
+    if not isinstance(config, dict) or "model" not in config or "data" not in config:
+        raise ValueError(f"checkpoint {checkpoint} has no run config (was it written by `scoresde train`?)")
+    config = merge_config(DEFAULT_CONFIG, {k: v for k, v in config.items() if k in DEFAULT_CONFIG})
+    sde = build_sde(config["sde"])
+    model = build_model(config["model"], tuple(state["event_shape"]), sde)
+    if ema:
+        weights = {k.removeprefix("module."): v for k, v in state["ema"].items() if k != "n_averaged"}
+    else:
+        weights = state["model"]
+    model.load_state_dict(weights)
+    return model.to(device).eval(), sde, config, int(state["step"])

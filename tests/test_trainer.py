@@ -1,0 +1,182 @@
+import json
+import os
+
+import pytest
+import torch
+
+import scoresde as sd
+from scoresde.checkpoint import CHECKPOINT_FORMAT, CheckpointError, check_plain, load_checkpoint, save_checkpoint
+from scoresde.data import load_digits
+from scoresde.nn import UNet
+from scoresde.train import Trainer
+
+TRAIN = load_digits("train").subset(slice(0, 256))
+TEST = load_digits("test").subset(slice(0, 8))
+
+
+def make_trainer(out_dir, *, steps=6, dropout=0.1, seed=0, **kw):
+    torch.manual_seed(seed)
+    sde = sd.VPSDE()
+    net = UNet(channels=8, channel_mults=(1, 2), num_res_blocks=1, attention_levels=(1,), dropout=dropout)
+    args = {"steps": steps, "batch_size": 32, "lr": 2e-3, "warmup_steps": 2, "ema_decay": 0.9, "log_every": 2,
+            "num_grid_samples": 0, "device": "cpu", "config": {"note": "test", "sizes": [1, 2]}}  # fmt: skip
+    return Trainer(sd.EpsilonScore(net, sde), sde, TRAIN, out_dir=out_dir, **{**args, **kw})
+
+
+def params(module):
+    return torch.cat([p.detach().flatten() for p in module.parameters()])
+
+
+def test_a_few_steps_on_digits_reduce_the_loss(tmp_path):
+    trainer = make_trainer(tmp_path, steps=40, lr=3e-3, dropout=0.0, warmup_steps=0)
+    result = trainer.train()
+    assert len(result.losses) == 40 and result.step == 40
+    assert sum(result.losses[-8:]) < 0.7 * sum(result.losses[:8])
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["kind"] == "train"] == list(range(2, 41, 2))
+    assert {"loss", "lr", "grad_norm", "images_per_second"} <= set(records[0])
+
+
+def test_checkpoint_round_trip(tmp_path):
+    trainer = make_trainer(tmp_path, steps=3)
+    trainer.train()
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)  # plain values only
+    assert state["format"] == CHECKPOINT_FORMAT and state["step"] == 3
+    assert state["config"] == {"note": "test", "sizes": [1, 2]} and state["trainer"]["batch_size"] == 32
+    other = make_trainer(tmp_path / "other", steps=3, seed=1)
+    assert not torch.equal(params(other.model), params(trainer.model))
+    other.load(tmp_path / "checkpoint.pt")
+    assert other.step == 3
+    assert torch.equal(params(other.model), params(trainer.model))
+    assert torch.equal(params(other.ema.module), params(trainer.ema.module))
+    assert not torch.equal(params(trainer.ema.module), params(trainer.model))  # the average lags
+    for a, b in zip(other.optimizer.state.values(), trainer.optimizer.state.values(), strict=True):
+        assert torch.equal(a["exp_avg_sq"], b["exp_avg_sq"])
+
+
+def test_resume_reproduces_the_uninterrupted_run(tmp_path):
+    full = make_trainer(tmp_path / "full", steps=8, lr_schedule="cosine")
+    full_losses = full.train().losses
+    first = make_trainer(tmp_path / "split", steps=8, lr_schedule="cosine")
+    losses = first.train(stop_at=3).losses
+    del first
+    second = make_trainer(tmp_path / "split", steps=8, lr_schedule="cosine", seed=5, resume=True)
+    assert second.step == 3
+    losses += second.train().losses
+    assert losses == full_losses
+    assert torch.equal(params(second.model), params(full.model))
+    assert torch.equal(params(second.ema.module), params(full.ema.module))
+    steps = [json.loads(line)["step"] for line in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [2, 3, 4, 6, 8]
+
+
+@pytest.mark.parametrize("crash", ["torch.save", "os.replace"])
+def test_a_crash_mid_write_leaves_the_old_checkpoint(tmp_path, monkeypatch, crash):
+    path = tmp_path / "ck.pt"
+    save_checkpoint({"step": 1, "w": torch.ones(3)}, path)
+
+    def half_written_save(obj, f, *args, **kwargs):
+        f.write(b"PK\x03\x04 partial")
+        raise OSError("disk full")
+
+    def failing_replace(src, dst):
+        raise OSError("power cut")
+
+    if crash == "torch.save":
+        monkeypatch.setattr(torch, "save", half_written_save)
+    else:
+        monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(OSError, match=r"disk full|power cut"):
+        save_checkpoint({"step": 2, "w": torch.zeros(3)}, path)
+    monkeypatch.undo()
+    state = load_checkpoint(path)
+    assert state["step"] == 1 and torch.equal(state["w"], torch.ones(3))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.pt"]  # no temporary file left behind
+
+
+def test_corrupted_or_truncated_checkpoint_gives_a_clear_error(tmp_path):
+    path = tmp_path / "ck.pt"
+    save_checkpoint({"step": 1, "w": torch.randn(1000)}, path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=rf"cannot read checkpoint {path}: corrupted or truncated"):
+        load_checkpoint(path)
+    path.write_bytes(b"garbage" * 10)
+    with pytest.raises(CheckpointError, match=rf"cannot read checkpoint {path}"):
+        load_checkpoint(path)
+    torch.save({"step": 1}, path)
+    with pytest.raises(CheckpointError, match="is not a scoresde checkpoint"):
+        load_checkpoint(path)
+    with pytest.raises(FileNotFoundError, match=r"checkpoint .*missing.pt not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+    trainer = make_trainer(tmp_path / "run")
+    path.write_bytes(data[:100])
+    with pytest.raises(CheckpointError, match=rf"{path}"):
+        trainer.load(path)
+
+
+def test_checkpoint_refuses_values_weights_only_cannot_load(tmp_path):
+    from pathlib import Path
+
+    with pytest.raises(TypeError, match=r"config.data.root is a pathlib.*PosixPath; a checkpoint holds only"):
+        check_plain({"data": {"root": Path("/tmp")}})
+    with pytest.raises(TypeError, match=r"config.sizes\[1\] is a numpy"):
+        check_plain({"sizes": [1, __import__("numpy").float64(2.0)]})
+    with pytest.raises(TypeError, match=r"config.data.root is a pathlib"):
+        make_trainer(tmp_path, config={"data": {"root": Path("/tmp")}})
+
+
+def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tmp_path):
+    trainer = make_trainer(tmp_path, steps=10, checkpoint_every=2)
+    trainer.train(stop_at=4)
+    before = params(trainer.model).clone()
+    with torch.no_grad():
+        trainer.model.net.head[-1].bias.fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match=rf"non-finite loss \(nan\) at step 4: .*last good checkpoint "
+                                                 rf"{tmp_path / 'checkpoint.pt'} \(step 4\) is intact"):  # fmt: skip
+        trainer.train()
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert state["step"] == 4
+    assert torch.isfinite(state["model"]["net.head.2.bias"]).all()
+    trainer.model.load_state_dict(state["model"])
+    assert torch.equal(params(trainer.model), before)
+
+
+def test_evaluation_writes_a_grid_and_bits_per_dim(tmp_path):
+    trainer = make_trainer(tmp_path, steps=2, eval_data=TEST, num_eval_images=4, num_grid_samples=4, eval_every=1)
+    result = trainer.train()
+    assert [e["step"] for e in result.evaluations] == [1, 2]
+    last = result.evaluations[-1]
+    assert (tmp_path / last["sample_grid"]).stat().st_size > 100
+    assert last["bpd_images"] == 4 and last["bpd"] > 0 and last["bpd_std_error"] > 0 and last["bpd_nfe"] > 0
+    kinds = [json.loads(line)["kind"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert kinds.count("eval") == 2
+
+
+def test_tensor_data_and_the_global_rng_is_untouched(tmp_path):
+    sde = sd.VPSDE()
+    model = sd.EpsilonScore(sd.nn.MLP(dim=2, hidden=16, depth=1), sde)
+    data = torch.randn(64, 2)
+    before = torch.get_rng_state()
+    trainer = Trainer(model, sde, data, out_dir=tmp_path, steps=3, batch_size=16, device="cpu")
+    assert torch.equal(torch.get_rng_state(), before)
+    assert len(trainer.train().losses) == 3
+    assert torch.equal(torch.get_rng_state(), before)  # dropout and noise use the trainer's own streams
+
+
+@pytest.mark.parametrize(
+    ("kw", "exc", "match"),
+    [
+        ({"steps": 0}, ValueError, "steps must be an int >= 1, got 0"),
+        ({"lr": -1.0}, ValueError, r"lr must be a finite number >= 0.0, got -1.0"),
+        ({"ema_decay": 1.0}, ValueError, r"ema_decay must be in \[0, 1\), got 1.0"),
+        ({"lr_schedule": "step"}, ValueError, "lr_schedule must be 'constant' or 'cosine', got 'step'"),
+        ({"weighting": "l2"}, ValueError, "weighting must be one of"),
+        ({"batch_size": 1000}, ValueError, r"batch_size=1000 is larger than the data set \(256 items\)"),
+        ({"device": "tpu"}, ValueError, "device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got 'tpu'"),
+        ({"eval_data": torch.zeros(3)}, TypeError, "eval_data must be an ImageData, got Tensor"),
+    ],
+)
+def test_bad_arguments(tmp_path, kw, exc, match):
+    with pytest.raises(exc, match=match):
+        make_trainer(tmp_path, **kw)
