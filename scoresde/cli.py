@@ -408,10 +408,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--toy", action="store_true", help="the 2-D score-field demo instead (MLP on a ring mixture)")
     demo.add_argument("--progress", action=argparse.BooleanOptionalAction, default=False)
     demo.set_defaults(func=_demo)
+
+    # listed for --help; main() hands its arguments to scoresde.bench (its own parser)
+    sub.add_parser("bench", add_help=False, help="solver, likelihood and overhead benchmarks (scoresde bench --help)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:
+        from scoresde.bench.main import main as bench_main
+
+        return bench_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "demo" and not args.toy and args.steps is None:

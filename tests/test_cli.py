@@ -149,3 +149,10 @@ def test_bad_checkpoint_is_one_line(tmp_path, capsys):
     one_line_error(capsys, f"scoresde likelihood: error: checkpoint {tmp_path / 'none.pt'} not found")
     assert main(["train", "--out", str(tmp_path), "--resume"]) == 2
     one_line_error(capsys, "scoresde train: error: --resume: no checkpoint at")
+
+
+def test_bench_subcommand_reaches_the_harness(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "--help"])
+    assert exc.value.code == 0
+    assert "usage: scoresde bench" in capsys.readouterr().out
