@@ -51,7 +51,10 @@ def gmm_baseline(train: sd.data.ImageData, test: sd.data.ImageData, *, copies: i
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--minutes", type=float, default=30.0, help="training wall-clock budget")
+    parser.add_argument("--minutes", type=float, default=30.0, help="training wall-clock budget (a hard cap)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="planned steps for a cosine learning-rate schedule (default: constant rate until the "
+                             "budget is spent)")
     parser.add_argument("--out", default="runs/bench_digits")
     parser.add_argument("--results", default="benchmarks/results/digits.json")
     parser.add_argument("--net", choices=("unet", "mlp"), default="unet", help="U-Net, or an MLP on the 64 pixels")
@@ -95,14 +98,16 @@ def main() -> None:
     model = sd.EpsilonScore(net, sde)
     config = {k: v for k, v in vars(args).items()}
     trainer = Trainer(
-        model, sde, train, out_dir=args.out, steps=10**9, batch_size=args.batch_size, lr=args.lr,
+        model, sde, train, out_dir=args.out, steps=args.steps or 10**9, batch_size=args.batch_size, lr=args.lr,
+        lr_schedule="cosine" if args.steps else "constant",
         warmup_steps=args.warmup_steps, ema_decay=args.ema_decay, weighting=args.weighting,
         time_sampling=args.time_sampling, seed=args.seed, device="cpu", log_every=100, config=config,
     )  # fmt: skip
-    # a constant learning rate after warm-up, so the run can stop whenever the budget is spent
+    # without --steps the rate stays constant after warm-up, so the run can stop whenever the budget is spent;
+    # with --steps it decays to 0 at that step, and the budget still caps the run
     budget, chunk, start = args.minutes * 60, 100, time.perf_counter()
-    while time.perf_counter() - start < budget:
-        result = trainer.train(stop_at=trainer.step + chunk)
+    while time.perf_counter() - start < budget and trainer.step < (args.steps or math.inf):
+        result = trainer.train(stop_at=min(trainer.step + chunk, args.steps or math.inf))
         print(f"step {trainer.step}: loss {sum(result.losses) / len(result.losses):.4f}, "
               f"{time.perf_counter() - start:.0f} s", flush=True)  # fmt: skip
     train_seconds = time.perf_counter() - start
