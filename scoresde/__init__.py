@@ -8,6 +8,7 @@ from scoresde import analytic, data, nn
 from scoresde.analytic import GaussianMixture
 from scoresde.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from scoresde.data import ImageData, load_digits, load_images
+from scoresde.grid_tuning import tune_time_grid
 from scoresde.likelihood import (
     BitsPerDimResult,
     BpdEvaluation,
@@ -81,5 +82,6 @@ __all__ = [
     "NonFiniteError",
     "time_grid",
     "check_time_grid",
+    "tune_time_grid",
     "sliced_wasserstein",
 ]

@@ -29,10 +29,10 @@ ALL_PROBLEMS = tuple(f"{m}-{s}" for m in MIXTURES for s in SDES)
 QUICK_PROBLEMS = ("2d-vp", "2d-subvp", "2d-ve", "16d-vp", "16d-ve")
 LIKELIHOOD_PROBLEMS = ("2d-vp", "2d-ve", "16d-vp", "16d-ve")
 MODES = {
-    "quick": {"budgets": [5, 10, 20, 50], "samples": {"2d": 500, "16d": 300}, "pilot": 64, "repeats": 3,
+    "quick": {"budgets": [5, 10, 20, 50], "samples": {"2d": 500, "16d": 300}, "pilot": 256, "repeats": 3,
               "problems": QUICK_PROBLEMS, "grids": QUICK_CANDIDATES,
               "ll_points": {"2d": 128, "16d": 64}, "tolerances": [1e-2, 1e-3, 1e-4, 3e-5, 1e-5, 3e-6]},
-    "full": {"budgets": [5, 10, 15, 20, 30, 50, 100, 200], "samples": {"2d": 4000, "16d": 2000}, "pilot": 256,
+    "full": {"budgets": [5, 10, 15, 20, 30, 50, 100, 200], "samples": {"2d": 4000, "16d": 2000}, "pilot": 512,
              "problems": ALL_PROBLEMS, "grids": CANDIDATES,
              "repeats": 5, "ll_points": {"2d": 512, "16d": 256},
              "tolerances": [1e-2, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5, 3e-6, 1e-6]},

@@ -2,7 +2,8 @@
 
 ``run(problem, x_init, level, grid, seed) -> (x0, nfe)``: ``level`` is an NFE budget for
 fixed-step samplers (the sampler spends at most that many evaluations) or a tolerance for
-adaptive ones; ``grid`` names a candidate of :mod:`scoresde.bench.grids`. Every sampler ends
+adaptive ones; ``grid`` names a candidate of :mod:`scoresde.bench.grids`, or is a grid tensor
+(a grid tuned by :func:`~scoresde.tune_time_grid`). Every sampler ends
 with the data estimate :math:`E[x_0 \\mid x_{t_{end}}]`: ours by ``denoise=True`` (Tweedie's
 step at ``t_end``, one NFE), k-diffusion's by its last step to :math:`\\sigma = 0`, which is the
 same denoiser call. NFE counts every score or denoiser evaluation, that one included.
@@ -23,6 +24,10 @@ from scoresde.sample import sample_ode, sample_pc, sample_sde
 
 RunFn = Callable[[Problem, Tensor, float, str, int], tuple[Tensor, int]]
 ADAPTIVE_TOLERANCES = (1e-2, 1e-3, 1e-4, 1e-5)
+TUNED = ("unipc_2", "unipc_3")
+TUNED_MAX_NFE = 20
+"""Solvers also run on a grid tuned on the pilot noise (:func:`~scoresde.tune_time_grid`), at
+budgets up to ``TUNED_MAX_NFE`` (the few-step regime; tuning cost grows with the steps)."""
 
 
 @dataclass(frozen=True)
@@ -33,12 +38,18 @@ class Sampler:
     deterministic: bool = True
     takes_grid: bool = True
     adaptive: bool = False
+    tuned_method: str | None = None  # set: run on a grid tuned for this sample_ode method
+
+
+def ode_steps(budget: float, evals_per_step: int = 1) -> int:
+    """Steps of a fixed-step ODE sampler within ``budget`` NFE (the final denoising step costs one)."""
+    return max(int(budget - 1) // evals_per_step, 1)
 
 
 def _ours_ode(method: str, evals_per_step: int = 1) -> RunFn:
-    def run(problem: Problem, x_init: Tensor, budget: float, grid: str, seed: int) -> tuple[Tensor, int]:
-        steps = max(int(budget - 1) // evals_per_step, 1)  # the final denoising step costs one NFE
-        times = make_grid(problem.sde, steps, grid, T_END)
+    def run(problem: Problem, x_init: Tensor, budget: float, grid: str | Tensor, seed: int) -> tuple[Tensor, int]:
+        steps = ode_steps(budget, evals_per_step)
+        times = grid if isinstance(grid, Tensor) else make_grid(problem.sde, steps, grid, T_END)
         res = sample_ode(problem.score_fn, problem.sde, x_init=x_init, method=method, timesteps=times, denoise=True)
         return res.x, res.nfe
 
@@ -123,6 +134,7 @@ def _k_dpm_solver(adaptive: bool) -> RunFn:
 def all_samplers(with_k_diffusion: bool) -> list[Sampler]:
     multistep = ("ddim", "dpmpp_2m", "dpmpp_3m", "unipc_2", "unipc_3")
     ours = [Sampler(f"scoresde:{m}", "scoresde", _ours_ode(m)) for m in multistep]
+    ours += [Sampler(f"scoresde:{m}+tuned", "scoresde", _ours_ode(m), tuned_method=m) for m in TUNED]
     ours += [
         Sampler("scoresde:euler", "scoresde", _ours_ode("euler")),
         Sampler("scoresde:heun", "scoresde", _ours_ode("heun", 2)),
