@@ -43,6 +43,8 @@ def test_candidate_grids_are_descending_from_T_to_t_end(problem, name):
 def test_harness_runs_end_to_end(tmp_path):
     assert main(["--only", "sampling", "--problems", "2d-vp", "--no-peers", "--out", str(tmp_path)]) == 0
     rows = json.loads((tmp_path / "sampling.json").read_text())["rows"]
-    assert {r["sampler"] for r in rows} >= {"scoresde:unipc_3", "scoresde:dpmpp_3m"}
+    assert {r["sampler"] for r in rows} >= {"scoresde:unipc_3", "scoresde:dpmpp_3m", "scoresde:unipc_3+tuned"}
+    tuned = [r for r in rows if r["sampler"].endswith("+tuned")]
+    assert tuned and all(r["grid"].startswith("tuned(") and r["level"] <= 20 for r in tuned)
     assert all(r["nfe"] <= r["level"] for r in rows if r["sampler"].startswith("scoresde:unipc"))
     assert (tmp_path / "results.md").exists() and (tmp_path / "sampling.png").exists()
