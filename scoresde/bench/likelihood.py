@@ -41,7 +41,6 @@ from scoresde.likelihood import _FlowWithDivergence, log_likelihood
 from scoresde.solvers._common import CountingScore
 
 CONVERGED_TOL = 1e-9
-TARGET_NATS_PER_DIM = 1e-3
 LlFn = Callable[[Problem, Tensor, float], tuple[Tensor, int]]
 
 
