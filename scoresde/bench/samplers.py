@@ -22,7 +22,7 @@ from scoresde.bench.peers import KarrasDenoiser, karras_sigma, load_k_diffusion_
 from scoresde.bench.problems import T_END, Problem
 from scoresde.sample import sample_ode, sample_pc, sample_sde
 
-RunFn = Callable[[Problem, Tensor, float, str, int], tuple[Tensor, int]]
+RunFn = Callable[[Problem, Tensor, float, str | Tensor, int], tuple[Tensor, int]]
 ADAPTIVE_TOLERANCES = (1e-2, 1e-3, 1e-4, 1e-5)
 TUNED = ("unipc_2", "unipc_3")
 TUNED_MAX_NFE = 20

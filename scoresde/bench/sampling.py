@@ -3,8 +3,9 @@
 For each problem and budget: each grid-taking deterministic sampler gets its grid chosen on a
 pilot run (:func:`~scoresde.bench.grids.select_grid`, different noise); the ``+tuned`` samplers
 then move the steps of that grid by :func:`~scoresde.tune_time_grid` on the same pilot noise;
-stochastic samplers use their library's recommended grid. Then all samplers run round-robin ``repeats`` times on the
-evaluation noise (median wall time) and are scored against the exact answers.
+stochastic samplers use their library's recommended grid. Then all samplers run round-robin
+``repeats`` times on the evaluation noise (median wall time) and are scored against the exact
+answers.
 """
 
 from __future__ import annotations
