@@ -95,15 +95,15 @@ def tune_time_grid(
                 f"init must run from T={sde.T} to t_end={t_end} in {num_steps} steps, got {len(start) - 1} steps "
                 f"from {start[0].item()} to {start[-1].item()}"
             )
+    if reference is not None and reference.shape != x_init.shape:
+        raise ValueError(f"reference must have x_init's shape {tuple(x_init.shape)}, got {tuple(reference.shape)}")
+    if num_steps == 1:
+        return start  # nothing to place
     if reference is None:
         reference = sample_ode(
             score_fn, sde, x_init=x_init, method="dopri5", rtol=reference_tol, atol=reference_tol, t_end=t_end,
             denoise=denoise,
         ).x  # fmt: skip
-    if reference.shape != x_init.shape:
-        raise ValueError(f"reference must have x_init's shape {tuple(x_init.shape)}, got {tuple(reference.shape)}")
-    if num_steps == 1:
-        return start  # nothing to place
 
     lam_ends = sde.log_snr(start[[0, -1]])
 
@@ -111,7 +111,7 @@ def tune_time_grid(
         grid = _grid_of(sde, theta, lam_ends, t_end)
         x = sample_ode(score_fn, sde, x_init=x_init, method=method, timesteps=grid, denoise=denoise).x
         rmse = (x - reference).flatten(1).square().sum(1).mean().sqrt().item()
-        return math.log(rmse) if math.isfinite(rmse) and rmse > 0 else 1e3
+        return math.log(max(rmse, 1e-300)) if math.isfinite(rmse) else 1e3  # a diverged run: worst
 
     from scipy.optimize import minimize
 
