@@ -65,6 +65,8 @@ def tune_time_grid(
         method: a fixed-step solver of :func:`~scoresde.sample_ode` (``"unipc_3"``, ...).
         init: the starting grid: a :func:`~scoresde.time_grid` kind or a descending tensor
             from ``T`` to ``t_end``.
+        t_end: where the sampler stops (default ``1e-3``, Song et al.'s sampling end time, then
+            the ``denoise`` step; the SDE's ``t_min`` is meant for likelihoods).
         reference: the accurate end states from ``x_init`` (default: dopri5 at
             ``reference_tol``, with the same final denoising step).
         max_evals: sampler runs allowed to the optimiser (default ``60 * num_steps``).
