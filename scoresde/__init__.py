@@ -34,6 +34,16 @@ from scoresde.train import FitResult, Trainer, TrainResult, fit
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    """``sd.plot`` on first use: matplotlib is imported only by code that plots."""
+    if name == "plot":
+        import importlib
+
+        return importlib.import_module("scoresde.plot")
+    raise AttributeError(f"module 'scoresde' has no attribute {name!r}")
+
+
 __all__ = [
     "SDE",
     "LinearSDE",
