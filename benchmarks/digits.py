@@ -108,9 +108,9 @@ def main() -> None:
     )  # fmt: skip
     # without --steps the rate stays constant after warm-up, so the run can stop whenever the budget is spent;
     # with --steps it decays to 0 at that step, and the budget still caps the run
-    budget, chunk, start = args.minutes * 60, 100, time.perf_counter()
-    while time.perf_counter() - start < budget and trainer.step < (args.steps or math.inf):
-        result = trainer.train(stop_at=min(trainer.step + chunk, args.steps or math.inf))
+    budget, chunk, last, start = args.minutes * 60, 100, args.steps or math.inf, time.perf_counter()
+    while time.perf_counter() - start < budget and trainer.step < last:
+        result = trainer.train(stop_at=min(trainer.step + chunk, last))
         print(f"step {trainer.step}: loss {sum(result.losses) / len(result.losses):.4f}, "
               f"{time.perf_counter() - start:.0f} s", flush=True)  # fmt: skip
     train_seconds = time.perf_counter() - start

@@ -41,14 +41,14 @@ class Sampler:
     tuned_method: str | None = None  # set: run on a grid tuned for this sample_ode method
 
 
-def ode_steps(budget: float, evals_per_step: int = 1) -> int:
-    """Steps of a fixed-step ODE sampler within ``budget`` NFE (the final denoising step costs one)."""
+def steps_within(budget: float, evals_per_step: int = 1) -> int:
+    """Steps of a fixed-step sampler within ``budget`` NFE (the final denoising step costs one)."""
     return max(int(budget - 1) // evals_per_step, 1)
 
 
 def _ours_ode(method: str, evals_per_step: int = 1) -> RunFn:
     def run(problem: Problem, x_init: Tensor, budget: float, grid: str | Tensor, seed: int) -> tuple[Tensor, int]:
-        steps = ode_steps(budget, evals_per_step)
+        steps = steps_within(budget, evals_per_step)
         times = grid if isinstance(grid, Tensor) else make_grid(problem.sde, steps, grid, T_END)
         res = sample_ode(problem.score_fn, problem.sde, x_init=x_init, method=method, timesteps=times, denoise=True)
         return res.x, res.nfe
@@ -69,7 +69,7 @@ def _ours_adaptive(method: str) -> RunFn:
 def _ours_stochastic(kind: str) -> RunFn:
     def run(problem: Problem, x_init: Tensor, budget: float, grid: str, seed: int) -> tuple[Tensor, int]:
         evals_per_step = 2 if kind == "langevin" else 1
-        times = make_grid(problem.sde, max((int(budget) - 1) // evals_per_step, 1), grid, T_END)
+        times = make_grid(problem.sde, steps_within(budget, evals_per_step), grid, T_END)
         g = torch.Generator().manual_seed(seed)
         if kind == "langevin":  # Song et al.'s reverse diffusion + one Langevin step (library defaults)
             res = sample_pc(

@@ -18,7 +18,7 @@ from torch import Tensor
 from scoresde.bench.grids import CANDIDATES, RECOMMENDED, make_grid, select_grid
 from scoresde.bench.measure import distribution_errors, interleaved_times, pathwise_errors
 from scoresde.bench.problems import T_END, Problem
-from scoresde.bench.samplers import ADAPTIVE_TOLERANCES, TUNED_MAX_NFE, Sampler, ode_steps
+from scoresde.bench.samplers import ADAPTIVE_TOLERANCES, TUNED_MAX_NFE, Sampler, steps_within
 from scoresde.grid_tuning import tune_time_grid
 
 PILOT_SEED = 10
@@ -40,7 +40,7 @@ def _pilot_grid(sampler: Sampler, pilot: Problem, level: float, grids: tuple[str
     best = select_grid(pilot_rmse, grids)
     if sampler.tuned_method is None:
         return best, best
-    steps = ode_steps(level)
+    steps = steps_within(level)
     tuned = tune_time_grid(
         pilot.score_fn, pilot.sde, pilot.x_init, steps, method=sampler.tuned_method, t_end=T_END,
         init=make_grid(pilot.sde, steps, best, T_END), reference=pilot.reference,
