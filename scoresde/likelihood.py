@@ -10,8 +10,10 @@ the instantaneous change of variables (Chen et al. 2018),
           \qquad z = x_T,
 
 with :math:`p_T` replaced by the SDE's prior. The state ``[x, delta]`` is solved in one
-torchdiffeq call. The divergence is exact (one vector-Jacobian product per dimension, batched
-with ``is_grads_batched``) or Hutchinson's estimate :math:`E[\epsilon^\top J \epsilon]` with
+torchdiffeq call, for a linear SDE in the reference VP coordinates of
+:mod:`scoresde.solvers.clock` (the same ODE, 20-30 % fewer evaluations for VE). The
+divergence is exact (one vector-Jacobian product per dimension, batched with
+``is_grads_batched``) or Hutchinson's estimate :math:`E[\epsilon^\top J \epsilon]` with
 Rademacher or Gaussian probes (one VJP per probe), the probes drawn once and held fixed along
 the path (Grathwohl et al. 2019), which keeps the estimate of the integral unbiased.
 
@@ -35,7 +37,8 @@ from scoresde._tensor import check_finite
 from scoresde.progress import progress_bar
 from scoresde.sde.base import SDE, ScoreFn
 from scoresde.solvers._common import CountingScore
-from scoresde.solvers.odeint import FIXED_GRID_ODEINT_METHODS, FlowField, check_odeint_args, odeint
+from scoresde.solvers.clock import flow_coordinates
+from scoresde.solvers.odeint import FIXED_GRID_ODEINT_METHODS, check_odeint_args, odeint
 
 __all__ = [
     "EXACT_DIVERGENCE_MAX_DIM",
@@ -252,25 +255,27 @@ def divergence(
 # ----------------------------------------------------------------------------- ODE plumbing
 
 
-class _FlowWithDivergence(FlowField):
-    """``(t, (x, delta)) -> (v, div v)``; ``probes`` is ``None`` for the exact divergence.
+class _FlowWithDivergence(nn.Module):
+    """``(t, (x, delta)) -> (v, div v)`` for a flow ``field`` ``(t, x) -> v``; ``probes`` is
+    ``None`` for the exact divergence.
 
     With ``build_graph`` and grad mode on (direct backprop, or the adjoint's backward pass) the
     divergence is built with ``create_graph`` so it can be differentiated again; otherwise the
     outputs are detached so no graph outlives one evaluation."""
 
-    def __init__(self, sde: SDE, score: CountingScore, probes: Tensor | None, build_graph: bool) -> None:
-        super().__init__(sde, score)
+    def __init__(self, field: nn.Module, probes: Tensor | None, build_graph: bool) -> None:
+        super().__init__()
+        self.field = field
         self.probes = probes
         self.build_graph = build_graph
 
-    def forward(self, t: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+    def forward(self, t: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
         x, delta = state
         create_graph = self.build_graph and torch.is_grad_enabled()
         with torch.enable_grad():
             # a fresh leaf unless x is already in the graph we must differentiate through
             x_in = x if create_graph and x.requires_grad else x.detach().requires_grad_(True)
-            v = self.ode.velocity(x_in, t)
+            v = self.field(t, x_in)
             if self.probes is None:
                 div = _exact_divergence(v, x_in, create_graph)
             else:
@@ -360,7 +365,8 @@ def log_likelihood(
         probe, num_probes: Hutchinson probe distribution (``"rademacher"``, ``"gaussian"``)
             and count; drawn once with ``generator`` and held fixed along the path.
         method, rtol, atol, options: passed to torchdiffeq (fixed-step methods need
-            ``options={"step_size": h}``).
+            ``options={"step_size": h}``, ``h`` on the clock of :mod:`scoresde.solvers.clock`,
+            which is ``t`` for the default VP SDE).
         t_min: start time (default ``sde.t_min``); the result is :math:`\log p_{t_{min}}`.
         prior_log_prob_fn: ``z -> (batch,)`` log-density at ``T`` (default the prior); e.g. the
             exact :math:`\log p_T` to remove the prior-mismatch error in a test.
@@ -388,14 +394,19 @@ def log_likelihood(
     probes = _draw_probes(probe, num_probes, x, generator) if divergence == "hutchinson" else None
 
     score = CountingScore(score_fn)
-    func = _FlowWithDivergence(sde, score, probes, build_graph=grad or adjoint)
+    coords = flow_coordinates(sde, score)
+    func = _FlowWithDivergence(coords.field, probes, build_graph=grad or adjoint)
     delta0 = x.new_zeros(x.shape[0])
+    span = _time_span(t_min, sde.T)
     with torch.set_grad_enabled(grad or adjoint):
-        zs, deltas = odeint(
-            func, (x, delta0), _time_span(t_min, sde.T), method=method, rtol=rtol, atol=atol, options=options,
-            adjoint=adjoint, adjoint_params=adjoint_params,
-        )
-        z, delta = zs[-1], deltas[-1]
+        ws, deltas = odeint(
+            func, (coords.to_state(x, span[0]), delta0), coords.clock(span), method=method, rtol=rtol, atol=atol,
+            options=options, adjoint=adjoint, adjoint_params=adjoint_params, what=coords.what,
+        )  # fmt: skip
+        z = coords.from_state(ws[-1], span[1])
+        # from log p_w back to log p_x: + D (log s_T - log s_{t_min})
+        log_scales = coords.scale(span).log()
+        delta = deltas[-1] + x[0].numel() * (log_scales[1] - log_scales[0]).to(x.dtype)
         check_finite(delta.detach(), "the log-density change")
         prior = (sde.prior_log_prob if prior_log_prob_fn is None else prior_log_prob_fn)(z)
         if prior.shape != delta.shape:
@@ -416,13 +427,14 @@ def _solve_flow(
     t_min = _check_solver_args(score_fn, sde, method, rtol, atol, options, t_min)
     _check_state(x, name)
     score = CountingScore(score_fn)
-    t_start, t_end = (t_min, sde.T) if forward else (sde.T, t_min)
+    coords = flow_coordinates(sde, score)
+    span = _time_span(t_min, sde.T) if forward else _time_span(sde.T, t_min)
     with torch.set_grad_enabled(grad):
         states = odeint(
-            FlowField(sde, score), x, _time_span(t_start, t_end), method=method, rtol=rtol, atol=atol,
-            options=options,
-        )
-    return states[-1], score.calls
+            coords.field, coords.to_state(x, span[0]), coords.clock(span), method=method, rtol=rtol, atol=atol,
+            options=options, what=coords.what,
+        )  # fmt: skip
+    return coords.from_state(states[-1], span[1]), score.calls
 
 
 def encode(

@@ -39,9 +39,10 @@ from scoresde.solvers._common import (
     require_linear_sde,
     require_sde,
 )
+from scoresde.solvers.clock import flow_coordinates
 from scoresde.solvers.correctors import CORRECTORS, Corrector
 from scoresde.solvers.ode import LogSNRStepper
-from scoresde.solvers.odeint import ADAPTIVE_ODEINT_METHODS, ODEINT_METHODS, FlowField, check_odeint_args, odeint
+from scoresde.solvers.odeint import ADAPTIVE_ODEINT_METHODS, ODEINT_METHODS, check_odeint_args, odeint
 from scoresde.solvers.predictors import PREDICTORS, EulerMaruyama, Predictor
 from scoresde.solvers.registry import ODE_STEPPERS
 from scoresde.solvers.sdeint import SDEINT_METHODS, sdeint_reverse_sde
@@ -358,7 +359,8 @@ def sample_ode(
         num_steps: steps for the fixed-step methods (an adaptive method refuses it).
         grid: grid kind for ``num_steps`` (default ``"log_snr"`` for a LinearSDE, as
             DPM-Solver recommends, else ``"uniform"``).
-        options: passed to torchdiffeq's ``odeint``.
+        options: passed to torchdiffeq's ``odeint``. torchdiffeq methods integrate a linear
+            SDE's ODE in the reference VP coordinates of :mod:`scoresde.solvers.clock`.
 
     :func:`~scoresde.encode` integrates the same ODE forward, from data to latent.
     """
@@ -384,7 +386,12 @@ def sample_ode(
     x = _initial_state(sde, shape, x_init, generator, device, dtype)
     times, mask = _with_save_points(times, save_at)
     if stepper is None:
-        states = odeint(FlowField(sde, score), x, times, method=method, rtol=rtol, atol=atol, options=options)
+        coords = flow_coordinates(sde, score)
+        states = odeint(
+            coords.field, coords.to_state(x, times[0]), coords.clock(times), method=method, rtol=rtol, atol=atol,
+            options=options, what=coords.what,
+        )  # fmt: skip
+        states = coords.from_state(states, times)
         saved = list(states[mask.to(states.device)])
         return _finish(sde, score, states[-1], times, denoise, _trajectory(times, mask, saved))
     ctx = StepContext(generator=generator)

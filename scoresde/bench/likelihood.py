@@ -39,6 +39,7 @@ from scoresde.bench.peers import (
 from scoresde.bench.problems import Problem
 from scoresde.likelihood import _FlowWithDivergence, log_likelihood
 from scoresde.solvers._common import CountingScore
+from scoresde.solvers.odeint import FlowField
 
 CONVERGED_TOL = 1e-9
 LlFn = Callable[[Problem, Tensor, float], tuple[Tensor, int]]
@@ -99,7 +100,7 @@ def _scipy_rk45(problem: Problem, x: Tensor, tol: float) -> tuple[Tensor, int]:
 
     sde, batch = problem.sde, x.shape[0]
     score = CountingScore(problem.score_fn)
-    func = _FlowWithDivergence(sde, score, None, build_graph=False)
+    func = _FlowWithDivergence(FlowField(sde, score), None, build_graph=False)  # in t, as score_sde did
 
     def rhs(t: float, y: np.ndarray) -> np.ndarray:
         state = torch.from_numpy(y[:-batch]).reshape(x.shape)

@@ -177,7 +177,9 @@ class LinearSDE(SDE):
     def inverse_log_snr(self, lam: Tensor) -> Tensor:
         r"""The time ``t`` with :math:`\lambda(t) = \text{lam}`, clamped to ``[0, T]``.
 
-        Bisection (64 halvings, no host sync); subclasses give closed forms."""
+        Bisection (64 halvings, no host sync); subclasses give closed forms, and with one the
+        adaptive probability-flow solvers run on the reference VP clock
+        (:mod:`scoresde.solvers.clock`)."""
         lo = torch.zeros_like(lam)
         hi = torch.full_like(lam, self.T)
         for _ in range(64):
