@@ -2,29 +2,26 @@ r"""Coordinates in which the adaptive solvers integrate the probability-flow ODE
 
 In :math:`y = x/\alpha_t` and :math:`\bar\sigma = \sigma_t/\alpha_t` every linear SDE has the
 same probability-flow ODE (Karras et al. 2022); SDEs differ only in how time and state are
-parametrised, and an adaptive solver's cost depends on that parametrisation. VE's own time is
-:math:`\log\bar\sigma` up to scale, so its state grows exponentially and the error control
-steps through the whole range; VP's time and unit-variance state are cheaper (on the benchmark
-mixtures a VE likelihood in VP coordinates took 20-30 % fewer evaluations for the same accuracy,
-``benchmarks/README.md``).
+parametrised, and an adaptive solver's cost depends on that. VE's own time is
+:math:`\log\bar\sigma` up to scale, so its state grows like :math:`\sigma_t` and the error control
+has to follow the exponential; in VP's time and unit-variance state the same flow is cheaper (a
+VE likelihood takes 25-45 % fewer evaluations for the same accuracy on the benchmark and notebook
+mixtures, ``benchmarks/README.md``).
 
 So a :class:`~scoresde.LinearSDE` is integrated in the coordinates of the reference VP SDE
-(:math:`\beta \in [0.1, 20]`, Song et al. 2021), whatever SDE it is:
-
-* the clock :math:`u` with :math:`\lambda(u) = -\log\operatorname{expm1}(B(u))`,
-  :math:`B(u) = 0.1\,u + 9.95\,u^2` (the VP SDE's own time), and :math:`t = \lambda_{sde}^{-1}(\lambda(u))`;
-* the state :math:`w = x / s_t`, :math:`s_t^2 = \alpha_t^2 + \sigma_t^2` (the marginal standard
-  deviation of unit-variance data; 1 for VP), for which
+(:math:`\beta \in [0.1, 20]`, Song et al. 2021), whatever SDE it is: the clock :math:`u` with
+:math:`\lambda(u) = -\log\operatorname{expm1}(B(u))`, :math:`B(u) = 0.1\,u + 9.95\,u^2` (the
+reference VP SDE's own time) and :math:`t = \lambda_{sde}^{-1}(\lambda(u))`, and the state
+:math:`w = x / s_t`, :math:`s_t^2 = \alpha_t^2 + \sigma_t^2` (the marginal standard deviation of
+unit-variance data; 1 for VP). Then
 
 .. math:: \frac{dw}{du} = -\tfrac12\,\beta(u)\,\big(w + s_t\, s_\theta(s_t w,\, t)\big),
-          \qquad \beta(u) = B'(u),
+          \qquad \beta(u) = B'(u), \qquad \log p_w(w) = \log p_x(x) + D\log s_t,
 
-  zero when the data are :math:`\mathcal N(0, I)`. Densities convert by
-  :math:`\log p_w(w) = \log p_x(x) + D\log s_t`.
-
-For the VP SDE with the reference schedule this is the identity: same ODE, same steps. Any
-other :class:`~scoresde.SDE`, and a linear SDE without a closed-form ``inverse_log_snr``, is
-integrated as :math:`dx/dt` in its own time (:func:`flow_coordinates`).
+and :math:`dw/du = 0` for :math:`\mathcal N(0, I)` data. For the reference VP SDE this is the
+identity: same ODE, same steps. Any other :class:`~scoresde.SDE`, and a linear SDE without a
+closed-form ``inverse_log_snr``, is integrated as :math:`dx/dt` in its own time
+(:func:`flow_coordinates`).
 """
 
 from __future__ import annotations
@@ -66,7 +63,6 @@ class FlowCoordinates:
     """How error messages name ``field`` (its times are clock values)."""
 
     def __init__(self, sde: SDE, score: CountingScore) -> None:
-        self.sde = sde
         self.field: nn.Module = FlowField(sde, score)
 
     def clock(self, t: Tensor) -> Tensor:
