@@ -11,7 +11,7 @@ the instantaneous change of variables (Chen et al. 2018),
 
 with :math:`p_T` replaced by the SDE's prior. The state ``[x, delta]`` is solved in one
 torchdiffeq call, for a linear SDE in the reference VP coordinates of
-:mod:`scoresde.solvers.clock` (the same ODE, 25-45 % fewer evaluations for VE). The
+:mod:`scoresde.solvers.clock` (the same ODE, 20-45 % fewer evaluations for VE). The
 divergence is exact (one vector-Jacobian product per dimension, batched with
 ``is_grads_batched``) or Hutchinson's estimate :math:`E[\epsilon^\top J \epsilon]` with
 Rademacher or Gaussian probes (one VJP per probe), the probes drawn once and held fixed along

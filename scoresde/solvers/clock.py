@@ -5,7 +5,7 @@ same probability-flow ODE (Karras et al. 2022); SDEs differ only in how time and
 parametrised, and an adaptive solver's cost depends on that. VE's own time is
 :math:`\log\bar\sigma` up to scale, so its state grows like :math:`\sigma_t` and the error control
 has to follow the exponential; in VP's time and unit-variance state the same flow is cheaper (a
-VE likelihood takes 25-45 % fewer evaluations for the same accuracy on the benchmark and notebook
+VE likelihood takes 20-45 % fewer evaluations for the same accuracy on the benchmark and notebook
 mixtures, ``benchmarks/README.md``).
 
 So a :class:`~scoresde.LinearSDE` is integrated in the coordinates of the reference VP SDE
