@@ -25,8 +25,12 @@ PILOT_SEED = 10
 NOISE_SEED = 3
 
 
-def _pilot_grid(sampler: Sampler, pilot: Problem, level: float, grids: tuple[str, ...]) -> tuple[str, str | Tensor]:
-    """The grid's label for the table and the grid (a name, or a tuned tensor)."""
+def _pilot_grid(
+    sampler: Sampler, pilot: Problem, level: float, grids: tuple[str, ...], selected: dict[tuple[str, float], str]
+) -> tuple[str, str | Tensor]:
+    """The grid's label for the table and the grid (a name, or a tuned tensor). ``selected``
+    holds the candidate each sampler chose at each level, so a ``+tuned`` sampler starts from
+    its untuned twin's choice (the same solver on the same pilot) instead of selecting again."""
     if not (sampler.takes_grid and sampler.deterministic):
         return RECOMMENDED[sampler.library], RECOMMENDED[sampler.library]
 
@@ -37,7 +41,10 @@ def _pilot_grid(sampler: Sampler, pilot: Problem, level: float, grids: tuple[str
             return math.inf
         return (x - pilot.reference).square().sum(1).mean().sqrt().nan_to_num(math.inf).item()
 
-    best = select_grid(pilot_rmse, grids)
+    key = (sampler.name.removesuffix("+tuned"), level)
+    if key not in selected:
+        selected[key] = select_grid(pilot_rmse, grids)
+    best = selected[key]
     if sampler.tuned_method is None:
         return best, best
     steps = steps_within(level)
@@ -79,8 +86,9 @@ def run_sampling(
         adaptive = [s for s in samplers if s.adaptive]
         jobs = [(s, float(b)) for b in budgets for s in fixed if s.tuned_method is None or b <= TUNED_MAX_NFE]
         jobs += [(s, tol) for tol in ADAPTIVE_TOLERANCES for s in adaptive]
+        selected: dict[tuple[str, float], str] = {}
         for level in dict.fromkeys(level for _, level in jobs):
-            batch = [(s, lv, *_pilot_grid(s, pilot, lv, grids)) for s, lv in jobs if lv == level]
+            batch = [(s, lv, *_pilot_grid(s, pilot, lv, grids, selected)) for s, lv in jobs if lv == level]
             calls = [
                 (lambda s=s, lv=lv, g=g, p=problem: s.run(p, p.x_init, lv, g, NOISE_SEED)) for s, lv, _, g in batch
             ]
