@@ -6,8 +6,9 @@ import json
 import pytest
 import torch
 
-from scoresde.bench import main
+from scoresde.bench import main, report
 from scoresde.bench.grids import CANDIDATES, make_grid
+from scoresde.bench.likelihood import all_methods
 from scoresde.bench.peers import load_k_diffusion_sampling
 from scoresde.bench.problems import Problem
 from scoresde.bench.samplers import all_samplers
@@ -48,3 +49,30 @@ def test_harness_runs_end_to_end(tmp_path):
     assert tuned and all(r["grid"].startswith("tuned(") and r["level"] <= 20 for r in tuned)
     assert all(r["nfe"] <= r["level"] for r in rows if r["sampler"].startswith("scoresde:unipc"))
     assert (tmp_path / "results.md").exists() and (tmp_path / "sampling.png").exists()
+
+
+@pytest.mark.parametrize("divergence", ["exact", "hutchinson"])
+def test_scipy_peer_solves_our_likelihood_ode(divergence):
+    # the scipy rows are paired with ours by divergence: with the shared probe both integrate one
+    # augmented ODE, so at tight tolerances they agree far below the 1e-3 nats/dim of the target
+    problem = Problem("2d", "vp", 32)
+    x = problem.true_samples(2)
+    methods = {m.name: m for m in all_methods(with_peers=False)}
+    ours, _ = methods[f"scoresde:dopri5/{divergence}"].run(problem, x, 1e-9)
+    theirs, _ = methods[f"scipy:RK45/{divergence}"].run(problem, x, 1e-9)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
+
+
+def test_likelihood_targets_pair_ours_with_scipy_of_the_same_divergence():
+    def row(method, nfe, err):
+        return {"problem": "p", "method": method, "nfe": nfe, "seconds": nfe / 100, "max_err_per_dim": err}
+
+    rows = [
+        row("scoresde:dopri5/exact", 60, 2e-3), row("scoresde:dopri5/exact", 80, 5e-4),
+        row("scoresde:dopri5/hutchinson", 90, 9e-4), row("scipy:RK45/exact", 100, 1e-3),
+        row("scipy:RK45/hutchinson", 120, 1e-4), row("k-diffusion:log_likelihood", 160, 1e-4),
+    ]  # fmt: skip
+    exact, hutchinson = report.likelihood_targets(rows)
+    assert (exact["scoresde_nfe"], exact["scipy_nfe"], exact["nfe_ratio_vs_scipy"]) == (80, 100, 0.8)
+    assert (hutchinson["scoresde_nfe"], hutchinson["scipy_nfe"], hutchinson["nfe_ratio_vs_scipy"]) == (90, 120, 0.75)
+    assert exact["k_diffusion_nfe"] == hutchinson["k_diffusion_nfe"] == 160

@@ -10,8 +10,9 @@ points (``x`` drawn from the data, float64):
   :math:`-D\\log\\alpha_{t_{min}}`;
 * ``flow_matching``: ``ODESolver.compute_likelihood`` (dopri5, exact divergence by a loop of
   VJPs, or Hutchinson) on :class:`~scoresde.bench.peers.FlowMatchingVelocity`;
-* ``scipy``: ``solve_ivp(method="RK45")`` on the flattened batch, exact divergence (the
-  original score_sde recipe).
+* ``scipy``: ``solve_ivp(method="RK45")`` on the flattened batch in the SDE's own time, as the
+  original score_sde code integrates it (it uses one Rademacher probe; the exact divergence is run
+  too). Its probe is ours (same generator and seed), so the two Hutchinson runs solve one ODE.
 
 The error of a run is measured against the *same method* converged (rtol = atol = 1e-9, same
 probe): the integration error, per point and per dimension, which does not mix in the
@@ -37,7 +38,7 @@ from scoresde.bench.peers import (
     load_k_diffusion_sampling,
 )
 from scoresde.bench.problems import Problem
-from scoresde.likelihood import _FlowWithDivergence, log_likelihood
+from scoresde.likelihood import _draw_probes, _FlowWithDivergence, log_likelihood
 from scoresde.solvers._common import CountingScore
 from scoresde.solvers.odeint import FlowField
 
@@ -52,11 +53,15 @@ class LikelihoodMethod:
     run: LlFn
 
 
+def _probe_generator() -> torch.Generator:
+    """The Rademacher probe's seed, shared by our Hutchinson runs and scipy's."""
+    return torch.Generator().manual_seed(0)
+
+
 def _ours(divergence: str) -> LlFn:
     def run(problem: Problem, x: Tensor, tol: float) -> tuple[Tensor, int]:
         res = log_likelihood(
-            problem.score_fn, problem.sde, x, divergence=divergence, rtol=tol, atol=tol,
-            generator=torch.Generator().manual_seed(0),
+            problem.score_fn, problem.sde, x, divergence=divergence, rtol=tol, atol=tol, generator=_probe_generator(),
         )  # fmt: skip
         return res.log_prob, res.nfe
 
@@ -94,31 +99,36 @@ def _flow_matching(exact: bool) -> LlFn:
     return run
 
 
-def _scipy_rk45(problem: Problem, x: Tensor, tol: float) -> tuple[Tensor, int]:
-    import numpy as np
-    from scipy.integrate import solve_ivp
+def _scipy_rk45(divergence: str) -> LlFn:
+    def run(problem: Problem, x: Tensor, tol: float) -> tuple[Tensor, int]:
+        import numpy as np
+        from scipy.integrate import solve_ivp
 
-    sde, batch = problem.sde, x.shape[0]
-    score = CountingScore(problem.score_fn)
-    func = _FlowWithDivergence(FlowField(sde, score), None, build_graph=False)  # in t, as score_sde did
+        sde, batch = problem.sde, x.shape[0]
+        score = CountingScore(problem.score_fn)
+        probes = _draw_probes("rademacher", 1, x, _probe_generator()) if divergence == "hutchinson" else None
+        func = _FlowWithDivergence(FlowField(sde, score), probes, build_graph=False)  # in t, as score_sde did
 
-    def rhs(t: float, y: np.ndarray) -> np.ndarray:
-        state = torch.from_numpy(y[:-batch]).reshape(x.shape)
-        v, div = func(torch.tensor(t, dtype=torch.float64), (state, state.new_zeros(batch)))
-        return np.concatenate([v.reshape(-1).numpy(), div.numpy()])
+        def rhs(t: float, y: np.ndarray) -> np.ndarray:
+            state = torch.from_numpy(y[:-batch]).reshape(x.shape)
+            v, div = func(torch.tensor(t, dtype=torch.float64), (state, state.new_zeros(batch)))
+            return np.concatenate([v.reshape(-1).numpy(), div.numpy()])
 
-    y0 = np.concatenate([x.reshape(-1).numpy(), np.zeros(batch)])
-    sol = solve_ivp(rhs, (sde.t_min, sde.T), y0, method="RK45", rtol=tol, atol=tol)
-    y = torch.from_numpy(sol.y[:, -1])
-    z, delta = y[:-batch].reshape(x.shape), y[-batch:]
-    return sde.prior_log_prob(z) + delta, score.calls
+        y0 = np.concatenate([x.reshape(-1).numpy(), np.zeros(batch)])
+        sol = solve_ivp(rhs, (sde.t_min, sde.T), y0, method="RK45", rtol=tol, atol=tol)
+        y = torch.from_numpy(sol.y[:, -1])
+        z, delta = y[:-batch].reshape(x.shape), y[-batch:]
+        return sde.prior_log_prob(z) + delta, score.calls
+
+    return run
 
 
 def all_methods(with_peers: bool) -> list[LikelihoodMethod]:
     methods = [
         LikelihoodMethod("scoresde:dopri5/exact", "scoresde", _ours("exact")),
         LikelihoodMethod("scoresde:dopri5/hutchinson", "scoresde", _ours("hutchinson")),
-        LikelihoodMethod("scipy:RK45/exact", "scipy", _scipy_rk45),
+        LikelihoodMethod("scipy:RK45/exact", "scipy", _scipy_rk45("exact")),
+        LikelihoodMethod("scipy:RK45/hutchinson", "scipy", _scipy_rk45("hutchinson")),
     ]
     if with_peers and load_k_diffusion_sampling() is not None:
         methods.append(LikelihoodMethod("k-diffusion:log_likelihood", "k-diffusion", _k_diffusion))
@@ -134,8 +144,9 @@ def run_likelihood(
     problems: list[Problem], methods: list[LikelihoodMethod], tolerances: list[float], *, repeats: int,
     log: Callable[[str], None] = print,
 ) -> list[dict]:
-    """One row per problem, method and tolerance; tolerances are timed round-robin across
-    methods, ``repeats`` times (median)."""
+    """One row per problem, method and tolerance. A problem's runs at every (tolerance, method)
+    are timed round-robin, ``repeats`` times (median): the target ratios compare runs at different
+    tolerances, so a change of machine load must hit those alike too."""
     rows = []
     for problem in problems:
         x = problem.true_samples(2)
@@ -143,15 +154,15 @@ def run_likelihood(
         dim = problem.dim
         converged = {m.name: m.run(problem, x, CONVERGED_TOL)[0] for m in methods}
         log(f"# likelihood {problem.name}: {x.shape[0]} points, converged references ready")
-        for tol in tolerances:
-            calls = [(lambda m=m, p=problem, x=x, tol=tol: m.run(p, x, tol)) for m in methods]
-            seconds, outs = interleaved_times(calls, repeats)
-            for m, sec, (ll, nfe) in zip(methods, seconds, outs, strict=True):
-                err = (ll - converged[m.name]).abs() / dim
-                rows.append({
-                    "problem": problem.name, "mixture": problem.mixture_name, "sde": problem.sde_name, "dim": dim,
-                    "points": x.shape[0], "method": m.name, "library": m.library, "tol": tol, "nfe": nfe,
-                    "seconds": sec, "max_err_per_dim": err.max().item(), "mean_err_per_dim": err.mean().item(),
-                    "mean_err_vs_truth_per_dim": ((ll - truth).abs() / dim).mean().item(),
-                })  # fmt: skip
+        runs = [(tol, m) for tol in tolerances for m in methods]
+        calls = [(lambda m=m, p=problem, x=x, tol=tol: m.run(p, x, tol)) for tol, m in runs]
+        seconds, outs = interleaved_times(calls, repeats)
+        for (tol, m), sec, (ll, nfe) in zip(runs, seconds, outs, strict=True):
+            err = (ll - converged[m.name]).abs() / dim
+            rows.append({
+                "problem": problem.name, "mixture": problem.mixture_name, "sde": problem.sde_name, "dim": dim,
+                "points": x.shape[0], "method": m.name, "library": m.library, "tol": tol, "nfe": nfe,
+                "seconds": sec, "max_err_per_dim": err.max().item(), "mean_err_per_dim": err.mean().item(),
+                "mean_err_vs_truth_per_dim": ((ll - truth).abs() / dim).mean().item(),
+            })  # fmt: skip
     return rows
