@@ -42,13 +42,23 @@ def test_candidate_grids_are_descending_from_T_to_t_end(problem, name):
 
 
 def test_harness_runs_end_to_end(tmp_path):
-    assert main(["--only", "sampling", "--problems", "2d-vp", "--no-peers", "--out", str(tmp_path)]) == 0
+    out = ["--problems", "2d-vp", "--no-peers", "--out", str(tmp_path)]
+    assert main(["--only", "sampling", *out]) == 0
     rows = json.loads((tmp_path / "sampling.json").read_text())["rows"]
     assert {r["sampler"] for r in rows} >= {"scoresde:unipc_3", "scoresde:dpmpp_3m", "scoresde:unipc_3+tuned"}
     tuned = [r for r in rows if r["sampler"].endswith("+tuned")]
     assert tuned and all(r["grid"].startswith("tuned(") and r["level"] <= 20 for r in tuned)
     assert all(r["nfe"] <= r["level"] for r in rows if r["sampler"].startswith("scoresde:unipc"))
     assert (tmp_path / "results.md").exists() and (tmp_path / "sampling.png").exists()
+    # a part run alone leaves the other part's JSON alone and keeps its tables in results.md
+    sampling = (tmp_path / "sampling.json").read_text()
+    assert main(["--only", "likelihood", *out]) == 0
+    assert (tmp_path / "sampling.json").read_text() == sampling
+    text = (tmp_path / "results.md").read_text()
+    assert "## Likelihood targets" in text and "## Few-step sampling targets" in text
+    assert "The sampling tables below are from an earlier run" in text
+    assert "likelihood tables below are from an earlier run" not in text
+    assert not list(tmp_path.glob(".*.tmp"))
 
 
 @pytest.mark.parametrize("divergence", ["exact", "hutchinson"])
@@ -76,3 +86,4 @@ def test_likelihood_targets_pair_ours_with_scipy_of_the_same_divergence():
     assert (exact["scoresde_nfe"], exact["scipy_nfe"], exact["nfe_ratio_vs_scipy"]) == (80, 100, 0.8)
     assert (hutchinson["scoresde_nfe"], hutchinson["scipy_nfe"], hutchinson["nfe_ratio_vs_scipy"]) == (90, 120, 0.75)
     assert exact["k_diffusion_nfe"] == hutchinson["k_diffusion_nfe"] == 160
+

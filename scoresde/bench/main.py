@@ -2,6 +2,8 @@
 
 Writes ``<out>/sampling.json``, ``likelihood.json``, ``overhead.json`` (raw rows and metadata),
 ``results.md`` (the tables and the target ratios), ``sampling.png`` and ``likelihood.png``.
+A part left out by ``--only`` keeps its JSON, and ``results.md`` keeps its tables, marked with
+the date of that earlier run.
 """
 
 from __future__ import annotations
@@ -32,10 +34,12 @@ MODES = {
     "quick": {"budgets": [5, 10, 20, 50], "samples": {"2d": 500, "16d": 300}, "pilot": 256, "repeats": 3,
               "problems": QUICK_PROBLEMS, "grids": QUICK_CANDIDATES,
               "ll_points": {"2d": 128, "16d": 64}, "tolerances": [1e-2, 1e-3, 1e-4, 3e-5, 1e-5, 3e-6]},
+    # full: a quarter-decade tolerance grid, since "the fewest NFE within 1e-3" moves with the grid
+    # step (a half decade in tolerance is about 25 % in NFE for a fifth-order pair)
     "full": {"budgets": [5, 10, 15, 20, 30, 50, 100, 200], "samples": {"2d": 4000, "16d": 2000}, "pilot": 512,
              "problems": ALL_PROBLEMS, "grids": CANDIDATES,
              "repeats": 5, "ll_points": {"2d": 512, "16d": 256},
-             "tolerances": [1e-2, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5, 3e-6, 1e-6]},
+             "tolerances": [10 ** (-k / 4) for k in range(8, 25)]},
 }  # fmt: skip
 
 
@@ -51,8 +55,54 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)  # fmt: skip
 
 
+def _write_text(path: Path, text: str) -> None:
+    """Write atomically: a temporary file beside ``path``, then a rename."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def _write(out: Path, name: str, meta: dict, rows: list[dict]) -> None:
-    (out / name).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    _write_text(out / name, json.dumps({"meta": meta, "rows": rows}, indent=1))
+
+
+def _describe(meta: dict) -> str:
+    return f"Mode: {meta['mode']}, torch {meta['torch']}, {meta['threads']} thread(s), {meta['date']}"
+
+
+def _sampling_sections(rows: list[dict]) -> list[str]:
+    return ["## Few-step sampling targets (RMSE ratio, target <= 0.5)",
+            report.markdown_table(report.sampling_targets(rows), [
+                "problem", "nfe_budget", "scoresde_best", "scoresde_rmse", "k_diffusion_best",
+                "k_diffusion_rmse", "ratio", "met"]),
+            "## Sampling: all rows",
+            report.markdown_table(rows, [
+                "problem", "sampler", "grid", "level", "nfe", "rmse", "median_error", "mode_switch_fraction",
+                "sw", "sw_floor", "log_p_gap", "log_p_gap_floor", "seconds"])]  # fmt: skip
+
+
+def _likelihood_sections(rows: list[dict]) -> list[str]:
+    return ["## Likelihood targets (max error <= 1e-3 nats/dim; ratios ours / peer)",
+            report.markdown_table(report.likelihood_targets(rows), [
+                "problem", "scoresde_method", "scoresde_nfe", "k_diffusion_nfe", "scipy_nfe",
+                "nfe_ratio_vs_k_diffusion", "nfe_ratio_vs_scipy", "scoresde_seconds", "k_diffusion_seconds",
+                "time_ratio_vs_k_diffusion"]),
+            "## Likelihood: all rows",
+            report.markdown_table(rows, [
+                "problem", "method", "tol", "nfe", "seconds", "max_err_per_dim", "mean_err_per_dim",
+                "mean_err_vs_truth_per_dim"])]  # fmt: skip
+
+
+def _overhead_sections(rows: list[dict]) -> list[str]:
+    return ["## Solver overhead per NFE / one network forward (target <= 0.05)",
+            f"Network: {rows[0]['network']}, batch {rows[0]['batch']}.",
+            report.markdown_table(rows, ["solver", "nfe", "solver_seconds_per_nfe",
+                                         "network_seconds_per_forward", "ratio"])]  # fmt: skip
+
+
+SECTIONS = {"sampling": _sampling_sections, "likelihood": _likelihood_sections, "overhead": _overhead_sections}
+"""Each part's ``results.md`` sections from its rows; parts not run this time keep the tables of
+their last ``<part>.json`` in the output folder."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -73,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "mode": "full" if args.full else "quick", "torch": torch.__version__, "python": platform.python_version(),
         "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d %H:%M:%S"), "notes": notes,
     }  # fmt: skip
-    sections = [f"Mode: {meta['mode']}, torch {meta['torch']}, {meta['threads']} thread(s), {meta['date']}."]
+    sections = [_describe(meta) + "."]
     sections += [f"Note: {n}." for n in notes]
 
     def problems(names: Sequence[str]) -> list[Problem]:
@@ -87,37 +137,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         )  # fmt: skip
         _write(args.out, "sampling.json", meta | {"budgets": mode["budgets"]}, rows)
         report.plot_sampling(rows, args.out / "sampling.png")
-        sections += ["## Few-step sampling targets (RMSE ratio, target <= 0.5)",
-                     report.markdown_table(report.sampling_targets(rows), [
-                         "problem", "nfe_budget", "scoresde_best", "scoresde_rmse", "k_diffusion_best",
-                         "k_diffusion_rmse", "ratio", "met"]),
-                     "## Sampling: all rows",
-                     report.markdown_table(rows, [
-                         "problem", "sampler", "grid", "level", "nfe", "rmse", "median_error", "mode_switch_fraction",
-                         "sw", "sw_floor", "log_p_gap", "log_p_gap_floor", "seconds"])]  # fmt: skip
     if "likelihood" in args.only:
         names = [n for n in (args.problems or LIKELIHOOD_PROBLEMS) if n in ALL_PROBLEMS]
         ll_problems = [Problem(*n.split("-"), num_samples=mode["ll_points"][n.split("-")[0]]) for n in names]
         rows = run_likelihood(ll_problems, all_methods(peers), mode["tolerances"], repeats=mode["repeats"])
         _write(args.out, "likelihood.json", meta, rows)
         report.plot_likelihood(rows, args.out / "likelihood.png")
-        sections += ["## Likelihood targets (max error <= 1e-3 nats/dim; ratios ours / peer)",
-                     report.markdown_table(report.likelihood_targets(rows), [
-                         "problem", "scoresde_method", "scoresde_nfe", "k_diffusion_nfe", "scipy_nfe",
-                         "nfe_ratio_vs_k_diffusion",
-                         "nfe_ratio_vs_scipy", "scoresde_seconds", "k_diffusion_seconds", "time_ratio_vs_k_diffusion"]),
-                     "## Likelihood: all rows",
-                     report.markdown_table(rows, [
-                         "problem", "method", "tol", "nfe", "seconds", "max_err_per_dim", "mean_err_per_dim",
-                         "mean_err_vs_truth_per_dim"])]  # fmt: skip
     if "overhead" in args.only:
-        rows = run_overhead(mode["repeats"])
-        _write(args.out, "overhead.json", meta, rows)
-        sections += ["## Solver overhead per NFE / one network forward (target <= 0.05)",
-                     f"Network: {rows[0]['network']}, batch {rows[0]['batch']}.",
-                     report.markdown_table(rows, ["solver", "nfe", "solver_seconds_per_nfe",
-                                                  "network_seconds_per_forward", "ratio"])]  # fmt: skip
+        _write(args.out, "overhead.json", meta, run_overhead(mode["repeats"]))
+    for part in PARTS:
+        path = args.out / f"{part}.json"
+        if path.exists():
+            saved = json.loads(path.read_text())
+            if part not in args.only:
+                notes = "".join(f"; note: {n}" for n in saved["meta"]["notes"])
+                sections.append(f"The {part} tables below are from an earlier run ({_describe(saved['meta'])}{notes}).")
+            sections += SECTIONS[part](saved["rows"])
     text = "\n\n".join(sections) + "\n"
-    (args.out / "results.md").write_text(text)
+    _write_text(args.out / "results.md", text)
     print(text)
     return 0
