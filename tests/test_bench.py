@@ -2,6 +2,7 @@
 coincide, and the harness runs end to end on a tiny problem."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -87,3 +88,12 @@ def test_likelihood_targets_pair_ours_with_scipy_of_the_same_divergence():
     assert (hutchinson["scoresde_nfe"], hutchinson["scipy_nfe"], hutchinson["nfe_ratio_vs_scipy"]) == (90, 120, 0.75)
     assert exact["k_diffusion_nfe"] == hutchinson["k_diffusion_nfe"] == 160
 
+
+
+def test_fitted_nfe_reads_the_target_off_a_power_law():
+    # max error = 1e-3 (nfe / 100)^-5 exactly: the fit returns 100 whatever the tolerance grid hit
+    rows = [{"nfe": n, "max_err_per_dim": 1e-3 * (n / 100) ** -5} for n in (70, 80, 90, 120, 130, 400)]
+    assert report.fitted_nfe_at_target(rows) == pytest.approx(100, rel=1e-9)
+    assert math.isnan(report.fitted_nfe_at_target(rows[:2]))  # too few runs near the target
+    flat = [{"nfe": n, "max_err_per_dim": 2e-3} for n in (70, 80, 90)]
+    assert math.isnan(report.fitted_nfe_at_target(flat))  # error does not fall: no crossing

@@ -85,8 +85,8 @@ def _likelihood_sections(rows: list[dict]) -> list[str]:
     return ["## Likelihood targets (max error <= 1e-3 nats/dim; ratios ours / peer)",
             report.markdown_table(report.likelihood_targets(rows), [
                 "problem", "scoresde_method", "scoresde_nfe", "k_diffusion_nfe", "scipy_nfe",
-                "nfe_ratio_vs_k_diffusion", "nfe_ratio_vs_scipy", "scoresde_seconds", "k_diffusion_seconds",
-                "time_ratio_vs_k_diffusion"]),
+                "nfe_ratio_vs_k_diffusion", "nfe_ratio_vs_scipy", "fitted_nfe_ratio_vs_k_diffusion",
+                "fitted_nfe_ratio_vs_scipy", "scoresde_seconds", "k_diffusion_seconds", "time_ratio_vs_k_diffusion"]),
             "## Likelihood: all rows",
             report.markdown_table(rows, [
                 "problem", "method", "tol", "nfe", "seconds", "max_err_per_dim", "mean_err_per_dim",
