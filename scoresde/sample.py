@@ -169,7 +169,7 @@ def _run_grid(
     times = grid.to(x.device)
     keep = save_mask.tolist()
     saved = [x] if keep[0] else []
-    first_bad = FirstNonFinite(x.device)
+    first_bad = FirstNonFinite()
     with progress_bar(total=num_steps, enabled=progress, desc=desc) as bar:
         for i in range(num_steps):
             x = step(x, i, times[i], times[i + 1])

@@ -85,21 +85,28 @@ class NonFiniteError(FloatingPointError):
 
 
 class FirstNonFinite:
-    """Remembers, on the device and without a host sync, the first step whose state was not
-    finite; :meth:`raise_if_any` does the one sync at the end of a run."""
+    """Remembers, on the device and without a host sync, whether each recorded state was finite;
+    :meth:`raise_if_any` does the one sync at the end of a run and names the first that was not.
+    Two kernels per record (``isfinite``, ``all``), since it runs at every evaluation."""
 
-    def __init__(self, device: torch.device) -> None:
-        self.index = torch.full((), -1, dtype=torch.long, device=device)
-        self.time = torch.full((), float("nan"), dtype=torch.float64, device=device)
+    def __init__(self) -> None:
+        self._finite: list[Tensor] = []
+        self._indices: list[int] = []
+        self._times: list[Tensor] = []
 
     def record(self, value: Tensor, index: int, t: Tensor) -> None:
-        first = ~torch.isfinite(value).all() & (self.index < 0)
-        self.index = torch.where(first, index, self.index)
-        self.time = torch.where(first, t.to(self.time), self.time)
+        self._finite.append(torch.isfinite(value.detach()).all())
+        self._indices.append(index)
+        self._times.append(t.detach())
 
     def raise_if_any(self, what: str, unit: str = "step") -> None:
-        index = int(self.index)
-        if index >= 0:
-            raise NonFiniteError(
-                f"{what} became non-finite (NaN or inf) at {unit} {index} (t={float(self.time):.6g})"
-            )
+        if not self._finite:
+            return
+        finite = torch.stack(self._finite)
+        if bool(finite.all()):
+            return
+        first = int((~finite).nonzero()[0, 0])
+        raise NonFiniteError(
+            f"{what} became non-finite (NaN or inf) at {unit} {self._indices[first]} "
+            f"(t={float(self._times[first]):.6g})"
+        )

@@ -107,9 +107,9 @@ class _ReferenceVPField(nn.Module):
         self.score = score
 
     def forward(self, u: Tensor, w: Tensor) -> Tensor:
-        lam = log_snr_of_clock(u)
-        t = self.sde.inverse_log_snr(lam)
-        scale = (self.sde.alpha(t) * (1 + (-lam).exp()).sqrt()).to(w.dtype)  # alpha_t sqrt(1 + sigma_t^2/alpha_t^2)
+        b = _clock_integral(u)
+        t = self.sde.inverse_log_snr(-torch.expm1(b).log())
+        scale = (self.sde.alpha(t) * (0.5 * b).exp()).to(w.dtype)  # alpha_t sqrt(1 + e^{-lambda}) = alpha_t e^{B/2}
         half_beta = (0.5 * (BETA_MIN + (BETA_MAX - BETA_MIN) * u)).to(w.dtype)
         return -half_beta * (w + scale * self.score(scale * w, as_time(t, w)))
 

@@ -105,7 +105,7 @@ def odeint(
 
     like = y0[0] if isinstance(y0, tuple) else y0
     times = times.to(device=like.device, dtype=torch.float64)
-    first_bad = FirstNonFinite(like.device)
+    first_bad = FirstNonFinite()
     recorded = _Recorded(func, first_bad)
     options = dict(options or {})
     adjoint_options = dict(options)

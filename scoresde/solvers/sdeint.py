@@ -51,7 +51,7 @@ class _ReverseTimeSDE(torch.nn.Module):
         self.event_shape = tuple(x.shape[1:])
         self.sde_type = sde_type
         self.drift_calls = 0
-        self.first_bad = FirstNonFinite(x.device)
+        self.first_bad = FirstNonFinite()
 
     def _time(self, u: Tensor, y: Tensor) -> Tensor:
         return as_time(self.t_start - u, y)
