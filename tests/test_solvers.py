@@ -179,3 +179,21 @@ def test_exponential_weights_integrate_polynomials_exactly(h, num_nodes):
     for degree in range(num_nodes):
         exact = torch.trapezoid(kernel * u**degree, u)
         torch.testing.assert_close((weights * nodes**degree).sum(), exact, rtol=1e-8, atol=1e-12)
+
+
+@pytest.mark.parametrize("first_bad", [0, 255, 256, 513, 599])
+def test_first_non_finite_is_found_across_chunks(first_bad):
+    # records are stacked every CHUNK (256) evaluations; the report must name the first bad one
+    from scoresde.solvers._common import FirstNonFinite, NonFiniteError
+
+    watch = FirstNonFinite()
+    for i in range(600):
+        value = torch.full((3, 2), math.nan if i in (first_bad, 599) else 1.0)
+        watch.record(value, i + 1, torch.tensor(i / 1000, dtype=torch.float64))
+    with pytest.raises(NonFiniteError, match=rf"at step {first_bad + 1} \(t={first_bad / 1000:.6g}\)"):
+        watch.raise_if_any("x")
+    clean = FirstNonFinite()
+    for i in range(300):
+        clean.record(torch.ones(2), i, torch.tensor(0.0))
+    clean.raise_if_any("x")  # all finite: no error
+    FirstNonFinite().raise_if_any("x")  # nothing recorded: no error

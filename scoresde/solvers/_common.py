@@ -87,26 +87,36 @@ class NonFiniteError(FloatingPointError):
 class FirstNonFinite:
     """Remembers, on the device and without a host sync, whether each recorded state was finite;
     :meth:`raise_if_any` does the one sync at the end of a run and names the first that was not.
-    Two kernels per record (``isfinite``, ``all``), since it runs at every evaluation."""
+    Two kernels per record (``isfinite``, ``all``), since it runs at every evaluation; the flags
+    and times are stacked every :attr:`CHUNK` records, so a long run keeps a few tensors."""
+
+    CHUNK = 256
 
     def __init__(self) -> None:
-        self._finite: list[Tensor] = []
         self._indices: list[int] = []
+        self._stacked: list[tuple[Tensor, Tensor]] = []  # (finite flags, times) of full chunks
+        self._finite: list[Tensor] = []
         self._times: list[Tensor] = []
 
     def record(self, value: Tensor, index: int, t: Tensor) -> None:
-        self._finite.append(torch.isfinite(value.detach()).all())
         self._indices.append(index)
+        self._finite.append(torch.isfinite(value.detach()).all())
         self._times.append(t.detach())
+        if len(self._finite) == self.CHUNK:
+            self._stacked.append((torch.stack(self._finite), torch.stack(self._times)))
+            self._finite, self._times = [], []
 
     def raise_if_any(self, what: str, unit: str = "step") -> None:
-        if not self._finite:
+        if self._finite:
+            self._stacked.append((torch.stack(self._finite), torch.stack(self._times)))
+            self._finite, self._times = [], []
+        if not self._stacked:
             return
-        finite = torch.stack(self._finite)
+        finite = torch.cat([flags for flags, _ in self._stacked])
         if bool(finite.all()):
             return
         first = int((~finite).nonzero()[0, 0])
+        time = torch.cat([times for _, times in self._stacked])[first]
         raise NonFiniteError(
-            f"{what} became non-finite (NaN or inf) at {unit} {self._indices[first]} "
-            f"(t={float(self._times[first]):.6g})"
+            f"{what} became non-finite (NaN or inf) at {unit} {self._indices[first]} (t={float(time):.6g})"
         )
