@@ -150,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if path.exists():
             saved = json.loads(path.read_text())
             if part not in args.only:
-                notes = "".join(f"; note: {n}" for n in saved["meta"]["notes"])
+                notes = "".join(f"; note: {n}" for n in saved["meta"].get("notes", []))
                 sections.append(f"The {part} tables below are from an earlier run ({_describe(saved['meta'])}{notes}).")
             sections += SECTIONS[part](saved["rows"])
     text = "\n\n".join(sections) + "\n"
