@@ -24,6 +24,7 @@ import torch
 
 import scoresde as sd
 from scoresde.sample import sample_ode, sample_sde
+from scoresde.solvers._common import FirstNonFinite, NonFiniteError
 from tests.conftest import SDE_FACTORIES, overlapping_mixture_2d
 
 ORDERS = {"euler": 1, "heun": 2, "ddim": 1, "dpmpp_2m": 2, "dpmpp_3m": 3, "unipc_2": 3, "unipc_3": 4}
@@ -184,8 +185,6 @@ def test_exponential_weights_integrate_polynomials_exactly(h, num_nodes):
 @pytest.mark.parametrize("first_bad", [0, 255, 256, 513, 599])
 def test_first_non_finite_is_found_across_chunks(first_bad):
     # records are stacked every CHUNK (256) evaluations; the report must name the first bad one
-    from scoresde.solvers._common import FirstNonFinite, NonFiniteError
-
     watch = FirstNonFinite()
     for i in range(600):
         value = torch.full((3, 2), math.nan if i in (first_bad, 599) else 1.0)
