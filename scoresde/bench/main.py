@@ -129,29 +129,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     def problems(names: Sequence[str]) -> list[Problem]:
         return [Problem(*n.split("-"), num_samples=mode["samples"][n.split("-")[0]]) for n in names]
 
+    fresh: dict[str, list[dict]] = {}  # rows of the parts run now
     if "sampling" in args.only:
         with_k_diffusion = peers and load_k_diffusion_sampling() is not None
-        rows = run_sampling(
+        fresh["sampling"] = run_sampling(
             problems(args.problems or mode["problems"]), all_samplers(with_k_diffusion),
             mode["budgets"], pilot_size=mode["pilot"], repeats=mode["repeats"], grids=mode["grids"],
         )  # fmt: skip
-        _write(args.out, "sampling.json", meta | {"budgets": mode["budgets"]}, rows)
-        report.plot_sampling(rows, args.out / "sampling.png")
+        _write(args.out, "sampling.json", meta | {"budgets": mode["budgets"]}, fresh["sampling"])
+        report.plot_sampling(fresh["sampling"], args.out / "sampling.png")
     if "likelihood" in args.only:
         names = [n for n in (args.problems or LIKELIHOOD_PROBLEMS) if n in ALL_PROBLEMS]
         ll_problems = [Problem(*n.split("-"), num_samples=mode["ll_points"][n.split("-")[0]]) for n in names]
-        rows = run_likelihood(ll_problems, all_methods(peers), mode["tolerances"], repeats=mode["repeats"])
-        _write(args.out, "likelihood.json", meta, rows)
-        report.plot_likelihood(rows, args.out / "likelihood.png")
+        fresh["likelihood"] = run_likelihood(
+            ll_problems, all_methods(peers), mode["tolerances"], repeats=mode["repeats"]
+        )  # fmt: skip
+        _write(args.out, "likelihood.json", meta, fresh["likelihood"])
+        report.plot_likelihood(fresh["likelihood"], args.out / "likelihood.png")
     if "overhead" in args.only:
-        _write(args.out, "overhead.json", meta, run_overhead(mode["repeats"]))
+        fresh["overhead"] = run_overhead(mode["repeats"])
+        _write(args.out, "overhead.json", meta, fresh["overhead"])
     for part in PARTS:
         path = args.out / f"{part}.json"
-        if path.exists():
+        if part in fresh:
+            sections += SECTIONS[part](fresh[part])
+        elif path.exists():
             saved = json.loads(path.read_text())
-            if part not in args.only:
-                notes = "".join(f"; note: {n}" for n in saved["meta"].get("notes", []))
-                sections.append(f"The {part} tables below are from an earlier run ({_describe(saved['meta'])}{notes}).")
+            earlier_notes = "".join(f"; note: {n}" for n in saved["meta"].get("notes", []))
+            sections.append(
+                f"The {part} tables below are from an earlier run ({_describe(saved['meta'])}{earlier_notes})."
+            )
             sections += SECTIONS[part](saved["rows"])
     text = "\n\n".join(sections) + "\n"
     _write_text(args.out / "results.md", text)
