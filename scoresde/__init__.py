@@ -24,7 +24,7 @@ from scoresde.likelihood import (
     log_likelihood,
 )
 from scoresde.losses import dsm_loss
-from scoresde.metrics import sliced_wasserstein
+from scoresde.metrics import pathwise_rmse, sliced_wasserstein
 from scoresde.sample import SampleResult, Trajectory, sample_ode, sample_pc, sample_sde
 from scoresde.score import DataScore, DirectScore, EpsilonScore, ScoreModel, VelocityScore
 from scoresde.sde import SDE, VESDE, VPSDE, LinearSDE, ProbabilityFlowODE, ReverseSDE, SubVPSDE
@@ -94,4 +94,5 @@ __all__ = [
     "check_time_grid",
     "tune_time_grid",
     "sliced_wasserstein",
+    "pathwise_rmse",
 ]

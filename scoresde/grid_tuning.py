@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from scoresde.metrics import pathwise_rmse
 from scoresde.sample import sample_ode
 from scoresde.sde.base import LinearSDE, ScoreFn
 from scoresde.solvers.registry import ODE_STEPPERS
@@ -112,7 +113,7 @@ def tune_time_grid(
     def log_rmse(theta: np.ndarray) -> float:
         grid = _grid_of(sde, theta, lam_ends, t_end)
         x = sample_ode(score_fn, sde, x_init=x_init, method=method, timesteps=grid, denoise=denoise).x
-        rmse = (x - reference).flatten(1).square().sum(1).mean().sqrt().item()
+        rmse = pathwise_rmse(x, reference).item()
         return math.log(max(rmse, 1e-300)) if math.isfinite(rmse) else 1e3  # a diverged run: worst
 
     from scipy.optimize import minimize

@@ -22,6 +22,16 @@ def relative_score_error(
         return err.mean() / ref.flatten(1).square().sum(1).mean()
 
 
+def pathwise_rmse(x: Tensor, reference: Tensor) -> Tensor:
+    r""":math:`\big(\frac1n\sum_i \|x_i - x^\star_i\|^2\big)^{1/2}` between samples ``x`` and the
+    ``reference`` reached from the same noise, both ``(n, *event)``: a 0-d tensor."""
+    if x.ndim < 2 or x.shape != reference.shape:
+        raise ValueError(
+            f"x and reference must be (n, *event) of the same shape, got {tuple(x.shape)} and {tuple(reference.shape)}"
+        )
+    return (x - reference).flatten(1).square().sum(1).mean().sqrt()
+
+
 def sliced_wasserstein(
     x: Tensor, y: Tensor, num_projections: int = 128, generator: torch.Generator | None = None
 ) -> Tensor:

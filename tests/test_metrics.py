@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from scoresde.metrics import sliced_wasserstein
+from scoresde.metrics import pathwise_rmse, sliced_wasserstein
 
 
 def test_sliced_wasserstein_zero_on_identical_and_sees_a_shift():
@@ -22,3 +22,12 @@ def test_sliced_wasserstein_errors():
         sliced_wasserstein(torch.zeros(4, 2), torch.zeros(5, 2))
     with pytest.raises(ValueError, match="num_projections must be a positive int"):
         sliced_wasserstein(torch.zeros(4, 2), torch.zeros(4, 2), num_projections=0)
+
+
+def test_pathwise_rmse_is_the_root_mean_squared_per_sample_distance():
+    reference = torch.zeros(3, 2, 2)
+    x = reference.clone()
+    x[0, 0, 0], x[1] = 3.0, 1.0  # per-sample distances 3, 2, 0
+    assert pathwise_rmse(x, reference).item() == pytest.approx((13 / 3) ** 0.5)
+    with pytest.raises(ValueError, match="same shape"):
+        pathwise_rmse(x, reference[:2])

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from scoresde.bench.problems import Problem
-from scoresde.metrics import sliced_wasserstein
+from scoresde.metrics import pathwise_rmse, sliced_wasserstein
 
 SW_PROJECTIONS = 64
 
@@ -22,7 +22,7 @@ def pathwise_errors(problem: Problem, x: Tensor) -> dict[str, float]:
     reference's (a mode switch, which dominates the RMSE on multimodal data)."""
     err = (x - problem.reference).flatten(1).norm(dim=1)
     return {
-        "rmse": err.square().mean().sqrt().item(),
+        "rmse": pathwise_rmse(x, problem.reference).item(),
         "median_error": err.median().item(),
         "mode_switch_fraction": (problem.mode(x) != problem.mode(problem.reference)).double().mean().item(),
     }

@@ -20,6 +20,7 @@ from scoresde.bench.measure import distribution_errors, interleaved_times, pathw
 from scoresde.bench.problems import T_END, Problem
 from scoresde.bench.samplers import ADAPTIVE_TOLERANCES, TUNED_MAX_NFE, Sampler, steps_within
 from scoresde.grid_tuning import tune_time_grid
+from scoresde.metrics import pathwise_rmse
 
 PILOT_SEED = 10
 NOISE_SEED = 3
@@ -39,7 +40,7 @@ def _pilot_grid(
             x, _ = sampler.run(pilot, pilot.x_init, level, grid, NOISE_SEED)
         except (ValueError, FloatingPointError):
             return math.inf
-        return (x - pilot.reference).square().sum(1).mean().sqrt().nan_to_num(math.inf).item()
+        return pathwise_rmse(x, pilot.reference).nan_to_num(math.inf).item()
 
     key = (sampler.name.removesuffix("+tuned"), level)
     if key not in selected:
