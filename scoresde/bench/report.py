@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 
@@ -130,7 +131,9 @@ def plot_sampling(rows: list[dict], path: Path) -> None:
 
 
 def plot_likelihood(rows: list[dict], path: Path) -> None:
-    """Max error per dim vs NFE and vs wall time, one line per method, one row per problem."""
+    """Max error per dim vs NFE and vs wall time, one row per problem: a marker per run, and per
+    method a line along its frontier (the smallest error reached at no more NFE, or time).
+    Joining the runs in tolerance order zigzags, since error and cost are not monotone in it."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -139,12 +142,14 @@ def plot_likelihood(rows: list[dict], path: Path) -> None:
     problems = list(dict.fromkeys(r["problem"] for r in rows))
     fig, axes = plt.subplots(len(problems), 2, figsize=(10, 3.6 * len(problems)), squeeze=False)
     for (ax_nfe, ax_time), problem in zip(axes, problems, strict=True):
-        for method in dict.fromkeys(r["method"] for r in rows):
-            pts = sorted((r["nfe"], r["seconds"], r["max_err_per_dim"]) for r in rows
-                         if r["method"] == method and r["problem"] == problem)  # fmt: skip
-            nfe, sec, err = zip(*pts, strict=True)
-            ax_nfe.loglog(nfe, err, "o-", label=method, ms=3)
-            ax_time.loglog(sec, err, "o-", label=method, ms=3)
+        for i, method in enumerate(dict.fromkeys(r["method"] for r in rows)):
+            runs = [r for r in rows if r["method"] == method and r["problem"] == problem]
+            for ax, cost in ((ax_nfe, "nfe"), (ax_time, "seconds")):
+                pts = sorted((r[cost], r["max_err_per_dim"]) for r in runs)
+                costs, errs = zip(*pts, strict=True)
+                ax.loglog(costs, errs, "o", color=f"C{i}", ms=2.5, alpha=0.45)
+                ax.loglog(costs, list(itertools.accumulate(errs, min)), "-", color=f"C{i}", label=method, lw=1.2,
+                          drawstyle="steps-post")  # fmt: skip
         for ax, xlabel in ((ax_nfe, "NFE"), (ax_time, "wall time (s)")):
             ax.axhline(LIKELIHOOD_TARGET, color="k", lw=0.5)
             ax.set(title=problem, xlabel=xlabel, ylabel="max |error| (nats/dim)")
