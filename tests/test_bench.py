@@ -89,6 +89,22 @@ def test_likelihood_targets_pair_ours_with_scipy_of_the_same_divergence():
     assert exact["k_diffusion_nfe"] == hutchinson["k_diffusion_nfe"] == 160
 
 
+def test_likelihood_summary_takes_the_geometric_mean_over_point_sets():
+    def row(point_set, method, nfe):
+        return {"problem": "p", "point_set": point_set, "method": method, "nfe": nfe, "seconds": nfe / 100,
+                "max_err_per_dim": 5e-4}  # fmt: skip
+
+    rows = [row(0, "scoresde:dopri5/hutchinson", 80), row(0, "k-diffusion:log_likelihood", 100),
+            row(1, "scoresde:dopri5/hutchinson", 90), row(1, "k-diffusion:log_likelihood", 160),
+            row(1, "scipy:RK45/hutchinson", 90)]  # fmt: skip
+    targets = report.likelihood_targets(rows)
+    assert [(t["point_set"], t["nfe_ratio_vs_k_diffusion"]) for t in targets] == [(0, 0.8), (1, 0.5625)]
+    (summary,) = report.likelihood_summary(targets)
+    assert summary["point_sets"] == 2
+    assert summary["nfe_ratio_vs_k_diffusion"] == pytest.approx((0.8 * 0.5625) ** 0.5)
+    assert summary["nfe_ratio_vs_k_diffusion_range"] == "0.562-0.8"
+    assert summary["nfe_ratio_vs_scipy"] == 1.0 and summary["nfe_ratio_vs_scipy_range"] == "1-1 (1)"
+
 
 def test_fitted_nfe_reads_the_target_off_a_power_law():
     # max error = 1e-3 (nfe / 100)^-5 exactly: the fit returns 100 whatever the tolerance grid hit

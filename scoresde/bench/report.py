@@ -74,24 +74,25 @@ def fitted_nfe_at_target(rows: list[dict]) -> float:
 
 
 def likelihood_targets_of(rows: list[dict], ours: str, scipy: str) -> list[dict]:
-    """Per problem: fewest NFE (and the wall time of that run) at which each method's max error
-    is within 1e-3 nats/dim of its converged value; ratios of ``ours`` to k-diffusion and to the
-    ``scipy`` method, also of the NFE from :func:`fitted_nfe_at_target`."""
+    """Per problem and point set: fewest NFE (and the wall time of that run) at which each
+    method's max error is within 1e-3 nats/dim of its converged value; ratios of ``ours`` to
+    k-diffusion and to the ``scipy`` method, also of the NFE from :func:`fitted_nfe_at_target`."""
     out = []
-    for problem in dict.fromkeys(r["problem"] for r in rows):
+    for problem, point_set in dict.fromkeys((r["problem"], r.get("point_set", 0)) for r in rows):
+        runs = [r for r in rows if r["problem"] == problem and r.get("point_set", 0) == point_set]
         fitted = {
-            method: fitted_nfe_at_target([r for r in rows if r["problem"] == problem and r["method"] == method])
+            method: fitted_nfe_at_target([r for r in runs if r["method"] == method])
             for method in (ours, "k-diffusion:log_likelihood", scipy)
         }  # fmt: skip
         first = {}
-        for r in rows:
-            accurate = r["problem"] == problem and r["max_err_per_dim"] <= LIKELIHOOD_TARGET
-            if accurate and (r["method"] not in first or r["nfe"] < first[r["method"]]["nfe"]):
+        for r in runs:
+            fewer = r["method"] not in first or r["nfe"] < first[r["method"]]["nfe"]
+            if r["max_err_per_dim"] <= LIKELIHOOD_TARGET and fewer:
                 first[r["method"]] = r
         if ours not in first:
             continue
-        row = {"problem": problem, "scoresde_method": ours, "scoresde_nfe": first[ours]["nfe"],
-               "scoresde_seconds": first[ours]["seconds"]}  # fmt: skip
+        row = {"problem": problem, "point_set": point_set, "scoresde_method": ours,
+               "scoresde_nfe": first[ours]["nfe"], "scoresde_seconds": first[ours]["seconds"]}  # fmt: skip
         for key, peer in (("k_diffusion", "k-diffusion:log_likelihood"), ("scipy", scipy)):
             if peer in first:
                 row[f"{key}_nfe"] = first[peer]["nfe"]
@@ -99,6 +100,29 @@ def likelihood_targets_of(rows: list[dict], ours: str, scipy: str) -> list[dict]
                 row[f"nfe_ratio_vs_{key}"] = first[ours]["nfe"] / first[peer]["nfe"]
                 row[f"time_ratio_vs_{key}"] = first[ours]["seconds"] / first[peer]["seconds"]
                 row[f"fitted_nfe_ratio_vs_{key}"] = fitted[ours] / fitted[peer]
+        out.append(row)
+    return out
+
+
+LIKELIHOOD_RATIOS = tuple(
+    f"{kind}_vs_{peer}" for kind in ("nfe_ratio", "fitted_nfe_ratio", "time_ratio") for peer in ("k_diffusion", "scipy")
+)
+
+
+def likelihood_summary(targets: list[dict]) -> list[dict]:
+    """Per problem and our method, each ratio of :func:`likelihood_targets` over the point sets:
+    its geometric mean and, under ``<ratio>_range``, the smallest and largest (with the number
+    of sets that have it, when some do not)."""
+    out = []
+    for key in dict.fromkeys((t["problem"], t["scoresde_method"]) for t in targets):
+        group = [t for t in targets if (t["problem"], t["scoresde_method"]) == key]
+        row = {"problem": key[0], "scoresde_method": key[1], "point_sets": len(group)}
+        for ratio in LIKELIHOOD_RATIOS:
+            values = [t[ratio] for t in group if math.isfinite(t.get(ratio, math.nan))]
+            if values:
+                row[ratio] = math.exp(sum(map(math.log, values)) / len(values))
+                count = f" ({len(values)})" if len(values) < len(group) else ""
+                row[f"{ratio}_range"] = f"{min(values):.3g}-{max(values):.3g}{count}"
         out.append(row)
     return out
 
@@ -131,14 +155,16 @@ def plot_sampling(rows: list[dict], path: Path) -> None:
 
 
 def plot_likelihood(rows: list[dict], path: Path) -> None:
-    """Max error per dim vs NFE and vs wall time, one row per problem: a marker per run, and per
-    method a line along its frontier (the smallest error reached at no more NFE, or time).
-    Joining the runs in tolerance order zigzags, since error and cost are not monotone in it."""
+    """Max error per dim vs NFE and vs wall time on the first point set, one row per problem: a
+    marker per run, and per method a line along its frontier (the smallest error reached at no
+    more NFE, or time). Joining the runs in tolerance order zigzags, since error and cost are not
+    monotone in it."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    rows = [r for r in rows if r.get("point_set", 0) == 0]
     problems = list(dict.fromkeys(r["problem"] for r in rows))
     fig, axes = plt.subplots(len(problems), 2, figsize=(10, 3.6 * len(problems)), squeeze=False)
     for (ax_nfe, ax_time), problem in zip(axes, problems, strict=True):
