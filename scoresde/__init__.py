@@ -24,7 +24,7 @@ from scoresde.likelihood import (
     log_likelihood,
 )
 from scoresde.losses import dsm_loss
-from scoresde.metrics import pathwise_rmse, sliced_wasserstein
+from scoresde.metrics import energy_distance, mmd, pathwise_rmse, sliced_wasserstein
 from scoresde.sample import SampleResult, Trajectory, sample_ode, sample_pc, sample_sde
 from scoresde.score import DataScore, DirectScore, EpsilonScore, ScoreModel, VelocityScore
 from scoresde.sde import SDE, VESDE, VPSDE, LinearSDE, ProbabilityFlowODE, ReverseSDE, SubVPSDE
@@ -95,4 +95,6 @@ __all__ = [
     "tune_time_grid",
     "sliced_wasserstein",
     "pathwise_rmse",
+    "energy_distance",
+    "mmd",
 ]
