@@ -2,20 +2,18 @@
 
 A checkpoint is a dict of plain values (tensors, ints, floats, strings, bools, ``None``, and
 lists/dicts of them), so it loads with ``torch.load(weights_only=True)``: loading never runs
-code from the file. :func:`save_checkpoint` writes a temporary file in the target's folder,
-flushes and fsyncs it, then renames it over the target with ``os.replace`` (atomic on POSIX
-and Windows): a crash mid-write leaves the previous checkpoint untouched.
+code from the file. :func:`save_checkpoint` writes atomically (a temporary file in the target's
+folder, renamed over it): a crash mid-write leaves the previous checkpoint untouched.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from scoresde._atomic import atomic_write
 
 __all__ = ["CHECKPOINT_FORMAT", "CheckpointError", "check_plain", "load_checkpoint", "save_checkpoint"]
 
@@ -52,27 +50,7 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     """Write ``state`` (plain values, see :func:`check_plain`) to ``path`` atomically; the
     format tag :data:`CHECKPOINT_FORMAT` is added. Returns the path."""
     check_plain(state, "checkpoint")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"format": CHECKPOINT_FORMAT, **state}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
-    # make the rename itself durable (POSIX; a no-op where folders cannot be opened)
-    with contextlib.suppress(OSError):
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    return path
+    return atomic_write(path, lambda f: torch.save({"format": CHECKPOINT_FORMAT, **state}, f))
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device | None = "cpu") -> dict[str, Any]:

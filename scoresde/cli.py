@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 import scoresde as sd
+from scoresde._atomic import atomic_write, atomic_write_text
 from scoresde.checkpoint import load_checkpoint
 from scoresde.config import build_model, build_sde, load_config, load_data, load_run
 from scoresde.data import ring_mixture, to_levels
@@ -155,8 +156,8 @@ def _sample(args: argparse.Namespace) -> None:
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / "samples"
     levels = to_levels(result.x, num_levels)
     png, tensors = _save_samples(levels, num_levels, out / f"{args.sampler}_seed{args.seed}")
-    torch.save({"x": result.x.cpu(), "levels": levels.cpu(), "nfe": result.nfe, "sampler": args.sampler,
-                "step": step}, tensors)  # fmt: skip
+    record = {"x": result.x.cpu(), "levels": levels.cpu(), "nfe": result.nfe, "sampler": args.sampler, "step": step}
+    atomic_write(tensors, lambda f: torch.save(record, f))
     print(f"{args.num} samples ({args.sampler}, NFE {result.nfe}) from step {step}: {png}, {tensors}")
 
 
@@ -196,7 +197,7 @@ def _likelihood(args: argparse.Namespace) -> None:
             "split": args.split, "bpd": result.mean, "std_error": result.std_error, "images": result.num_samples,
             "nfe": result.nfe, "estimator": args.estimator, "rtol": args.rtol, "step": step, "seconds": seconds,
         }  # fmt: skip
-        Path(args.json).write_text(json.dumps(record, indent=2) + "\n")
+        atomic_write_text(args.json, json.dumps(record, indent=2) + "\n")
 
 
 # ----------------------------------------------------------------------------- demo
@@ -232,7 +233,8 @@ def _demo(args: argparse.Namespace) -> None:
         res = draw_samples(model, sde, shape, sampler=sampler, num_steps=steps, generator=gen, **gen_kw)
         levels = to_levels(res.x, test.num_levels)
         png, tensors = _save_samples(levels, test.num_levels, out / f"samples_{sampler}")
-        torch.save({"x": res.x.cpu(), "levels": levels.cpu(), "nfe": res.nfe}, tensors)
+        record = {"x": res.x.cpu(), "levels": levels.cpu(), "nfe": res.nfe}
+        atomic_write(tensors, lambda f, record=record: torch.save(record, f))
         samples[sampler] = (png.name, res.nfe, time.perf_counter() - t0, steps)
     _save_samples(test.levels[:64], test.num_levels, out / "data")
 
@@ -255,14 +257,15 @@ def _plot_losses(losses: list[float], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from scoresde.plot import save_figure
+
     fig, ax = plt.subplots(figsize=(5, 3))
     ax.plot(range(1, len(losses) + 1), losses, lw=0.8)
     ax.set_xlabel("step")
     ax.set_ylabel("DSM loss (σ² weighting)")
     ax.set_yscale("log")
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    save_figure(fig, path, dpi=80)
 
 
 def _write_demo_report(
@@ -272,7 +275,8 @@ def _write_demo_report(
     tail = result.losses[-50:]
     m, t = config["model"], config["train"]
     pc, ode = samples["pc"], samples["ode"]
-    (out / "report.md").write_text(
+    atomic_write_text(
+        out / "report.md",
         "# scoresde demo: digits\n\n"
         f"A DDPM++-style U-Net (channels {m['channels']}, multipliers {m['channel_mults']}, "
         f"{m['num_res_blocks']} residual block per level, attention at levels {m['attention_levels']}) in the "
@@ -303,7 +307,7 @@ def _toy_demo(args: argparse.Namespace) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from scoresde.plot import plot_score_field
+    from scoresde.plot import plot_score_field, save_figure
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -334,11 +338,11 @@ def _toy_demo(args: argparse.Namespace) -> None:
                 title=f"learned score, t = {t}", color="tab:red",
             )  # fmt: skip
     fig.tight_layout()
-    fig.savefig(out / "score_field.png", dpi=80)
-    plt.close(fig)
+    save_figure(fig, out / "score_field.png", dpi=80)
 
     rows = "\n".join(f"| {t} | {e:.4f} |" for t, e in errors.items())
-    (out / "report.md").write_text(
+    atomic_write_text(
+        out / "report.md",
         "# scoresde demo\n\n"
         f"MLP score model (epsilon parameterisation) trained for {steps} steps on an 8-mode ring "
         f"mixture under {sde!r}; final loss {sum(result.losses[-100:]) / len(result.losses[-100:]):.4f}.\n\n"

@@ -8,7 +8,10 @@ from pathlib import Path
 
 import torch
 from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 from torch import Tensor
+
+from scoresde._atomic import atomic_write
 
 
 def plot_score_field(
@@ -75,8 +78,16 @@ def save_image_grid(
     grid = image_grid(images, num_levels=num_levels, nrow=nrow)
     if scale > 1:
         grid = grid.repeat_interleave(scale, 0).repeat_interleave(scale, 1)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     array = grid[..., 0].numpy() if grid.shape[-1] == 1 else grid.numpy()
-    imsave(path, array, cmap="gray", vmin=0.0, vmax=1.0)
-    return path
+    return atomic_write(path, lambda f: imsave(f, array, cmap="gray", vmin=0.0, vmax=1.0, format="png"))
+
+
+def save_figure(fig: Figure, path: str | Path, **savefig_kwargs) -> Path:
+    """Write ``fig`` atomically (the format from ``path``'s suffix) and close it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    try:
+        return atomic_write(path, lambda f: fig.savefig(f, format=path.suffix.lstrip(".") or None, **savefig_kwargs))
+    finally:
+        plt.close(fig)

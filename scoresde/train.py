@@ -34,6 +34,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from scoresde._atomic import atomic_write_text
 from scoresde.checkpoint import check_plain, load_checkpoint, save_checkpoint
 from scoresde.data import ImageData
 from scoresde.likelihood import BpdEvaluation, decode, evaluate_bpd
@@ -581,9 +582,17 @@ class Trainer:
             self._dropout_rng = self._seeded_rng_state(_stream_seed(self.seed + self.step, self.rank, 1))
         self._last_saved_step = self.step
         if self.rank == 0 and self.metrics_path.exists():
-            kept = [line for line in self.metrics_path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= self.step]  # fmt: skip
-            self.metrics_path.write_text("".join(line + "\n" for line in kept))
+            kept = [line for line in self.metrics_path.read_text().splitlines() if _logged_step(line) <= self.step]
+            atomic_write_text(self.metrics_path, "".join(line + "\n" for line in kept))
+
+
+def _logged_step(line: str) -> float:
+    """The step of a ``metrics.jsonl`` line; infinite (dropped on resume) for a blank line or
+    one torn by a crash mid-append."""
+    try:
+        return json.loads(line).get("step", 0)
+    except (json.JSONDecodeError, AttributeError):
+        return math.inf
 
 
 def _to_cpu(value: Any) -> Any:

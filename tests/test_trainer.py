@@ -60,6 +60,8 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path):
     first = make_trainer(tmp_path / "split", steps=8, lr_schedule="cosine")
     losses = first.train(stop_at=3).losses
     del first
+    with (tmp_path / "split" / "metrics.jsonl").open("a") as log:
+        log.write('{"step": 4, "lo')  # a crash mid-append leaves a torn last line
     second = make_trainer(tmp_path / "split", steps=8, lr_schedule="cosine", seed=5, resume=True)
     assert second.step == 3
     losses += second.train().losses

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from scoresde._atomic import atomic_write_text
 from scoresde.bench import report
 from scoresde.bench.grids import CANDIDATES, QUICK_CANDIDATES
 from scoresde.bench.likelihood import all_methods, run_likelihood
@@ -56,15 +57,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)  # fmt: skip
 
 
-def _write_text(path: Path, text: str) -> None:
-    """Write atomically: a temporary file beside ``path``, then a rename."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 def _write(out: Path, name: str, meta: dict, rows: list[dict]) -> None:
-    _write_text(out / name, json.dumps({"meta": meta, "rows": rows}, indent=1))
+    atomic_write_text(out / name, json.dumps({"meta": meta, "rows": rows}, indent=1))
 
 
 def _describe(meta: dict) -> str:
@@ -170,6 +164,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             sections += SECTIONS[part](saved["rows"])
     text = "\n\n".join(sections) + "\n"
-    _write_text(args.out / "results.md", text)
+    atomic_write_text(args.out / "results.md", text)
     print(text)
     return 0

@@ -134,6 +134,8 @@ def plot_sampling(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from scoresde.plot import save_figure
+
     problems = list(dict.fromkeys(r["problem"] for r in rows))
     cols = min(3, len(problems))
     lines = math.ceil(len(problems) / cols)
@@ -150,8 +152,7 @@ def plot_sampling(rows: list[dict], path: Path) -> None:
         ax.axis("off")
     axes.flat[0].legend(fontsize=6)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def plot_likelihood(rows: list[dict], path: Path) -> None:
@@ -163,6 +164,8 @@ def plot_likelihood(rows: list[dict], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from scoresde.plot import save_figure
 
     rows = [r for r in rows if r.get("point_set", 0) == 0]
     problems = list(dict.fromkeys(r["problem"] for r in rows))
@@ -182,5 +185,4 @@ def plot_likelihood(rows: list[dict], path: Path) -> None:
             ax.grid(True, which="both", alpha=0.3)
     axes[0][0].legend(fontsize=6)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
