@@ -24,7 +24,14 @@ from scoresde.likelihood import (
     log_likelihood,
 )
 from scoresde.losses import dsm_loss
-from scoresde.metrics import energy_distance, mmd, pathwise_rmse, sliced_wasserstein
+from scoresde.metrics import (
+    digits_frechet_distance,
+    energy_distance,
+    frechet_distance,
+    mmd,
+    pathwise_rmse,
+    sliced_wasserstein,
+)
 from scoresde.sample import SampleResult, Trajectory, sample_ode, sample_pc, sample_sde
 from scoresde.score import DataScore, DirectScore, EpsilonScore, ScoreModel, VelocityScore
 from scoresde.sde import SDE, VESDE, VPSDE, LinearSDE, ProbabilityFlowODE, ReverseSDE, SubVPSDE
@@ -97,4 +104,6 @@ __all__ = [
     "pathwise_rmse",
     "energy_distance",
     "mmd",
+    "frechet_distance",
+    "digits_frechet_distance",
 ]

@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 import torch
@@ -90,6 +91,10 @@ def test_digits_demo_writes_report(tmp_path, capsys):
     assert main(args) == 0
     report = (tmp_path / "report.md").read_text()
     assert "test bits/dim" in report and "samples_pc.png" in report and "samples_ode.png" in report
+    # two training steps cannot draw digits: both samplers are far above the two-sample floor
+    fds = [float(v) for v in re.findall(r"digits FD (\d+)", report)]
+    floor = float(re.search(r"64 training images score (\d+)", report)[1])
+    assert len(fds) == 2 and floor < min(fds) / 2
     for name in ("samples_pc.png", "samples_ode.png", "data.png", "loss.png"):
         assert (tmp_path / name).stat().st_size > 100
 
