@@ -8,6 +8,9 @@ from pathlib import Path
 
 TARGET_BUDGETS = (10, 20)
 LIKELIHOOD_TARGET = 1e-3
+LIKELIHOOD_RATIOS = tuple(
+    f"{kind}_vs_{peer}" for kind in ("nfe_ratio", "fitted_nfe_ratio", "time_ratio") for peer in ("k_diffusion", "scipy")
+)
 
 
 def _fmt(v: object) -> str:
@@ -102,11 +105,6 @@ def likelihood_targets_of(rows: list[dict], ours: str, scipy: str) -> list[dict]
                 row[f"fitted_nfe_ratio_vs_{key}"] = fitted[ours] / fitted[peer]
         out.append(row)
     return out
-
-
-LIKELIHOOD_RATIOS = tuple(
-    f"{kind}_vs_{peer}" for kind in ("nfe_ratio", "fitted_nfe_ratio", "time_ratio") for peer in ("k_diffusion", "scipy")
-)
 
 
 def likelihood_summary(targets: list[dict]) -> list[dict]:
