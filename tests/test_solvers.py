@@ -196,3 +196,41 @@ def test_first_non_finite_is_found_across_chunks(first_bad):
         clean.record(torch.ones(2), i, torch.tensor(0.0))
     clean.raise_if_any("x")  # all finite: no error
     FirstNonFinite().raise_if_any("x")  # nothing recorded: no error
+
+
+# ---------------------------------------------------------------------------------------------
+# Tsitouras' 5(4) tableau (run by torchdiffeq's adaptive solver)
+
+
+def _order_conditions(weights, a, c):
+    """Residuals of the order conditions up to order 5 (1 + 1 + 2 + 4 + 9 = 17, one per rooted
+    tree) for an explicit tableau: weights ``(s,)``, ``a`` ``(s, s)``, nodes ``c`` ``(s,)``."""
+    b, ac = weights, a @ c
+    return torch.stack([
+        b.sum() - 1, b @ c - 1 / 2,
+        b @ c**2 - 1 / 3, b @ ac - 1 / 6,
+        b @ c**3 - 1 / 4, b @ (c * ac) - 1 / 8, b @ (a @ c**2) - 1 / 12, b @ (a @ ac) - 1 / 24,
+        b @ c**4 - 1 / 5, b @ (c**2 * ac) - 1 / 10, b @ (c * (a @ c**2)) - 1 / 15, b @ (c * (a @ ac)) - 1 / 30,
+        b @ ac**2 - 1 / 20, b @ (a @ c**3) - 1 / 20, b @ (a @ (c * ac)) - 1 / 40, b @ (a @ a @ c**2) - 1 / 60,
+        b @ (a @ a @ ac) - 1 / 120,
+    ])  # fmt: skip
+
+
+def test_tsit5_tableau_has_order_5_with_an_embedded_order_4():
+    from scoresde.solvers import tsit5
+
+    a = torch.zeros(7, 7, dtype=torch.float64)
+    for i, row in enumerate(tsit5.A):
+        a[i + 1, : len(row)] = torch.tensor(row, dtype=torch.float64)
+    c = torch.tensor((0.0, *tsit5.C), dtype=torch.float64)
+    torch.testing.assert_close(a.sum(1), c, rtol=0, atol=1e-14)  # nodes are the row sums
+    b, b_hat = torch.tensor(tsit5.B, dtype=torch.float64), torch.tensor(tsit5.B_HAT, dtype=torch.float64)
+    assert _order_conditions(b, a, c).abs().max() < 1e-14
+    assert _order_conditions(b_hat, a, c)[:8].abs().max() < 1e-14  # order 4 ...
+    assert _order_conditions(b_hat, a, c)[8:].abs().max() > 1e-4  # ... and not 5: a real error estimate
+    # the interpolant is the solution at theta = 1 and consistent (its weights sum to theta)
+    for theta in (0.5, 1.0):
+        weights = torch.tensor([sum(w * theta ** (j + 1) for j, w in enumerate(row)) for row in tsit5.INTERPOLANT],
+                               dtype=torch.float64)
+        assert weights.sum().item() == pytest.approx(theta, abs=1e-12)  # coefficients up to ~90, 16 digits
+    torch.testing.assert_close(weights, b, rtol=0, atol=1e-12)

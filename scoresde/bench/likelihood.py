@@ -3,8 +3,9 @@
 Every method integrates the same probability-flow ODE with the same exact score on the same
 points (``x`` drawn from the data, float64):
 
-* ``scoresde``: :func:`~scoresde.log_likelihood`, dopri5 with the per-sample error norm, the
-  exact divergence (one batched VJP over the dimensions) or Hutchinson's (one VJP);
+* ``scoresde``: :func:`~scoresde.log_likelihood` with its defaults: Tsitouras' 5(4) pair in
+  torchdiffeq's solver, the per-sample error norm, the reference VP coordinates; the exact
+  divergence (one batched VJP over the dimensions) or Hutchinson's (one VJP);
 * ``k-diffusion``: ``sampling.log_likelihood`` (dopri5 in sigma, one Rademacher probe) through
   :class:`~scoresde.bench.peers.KarrasDenoiser`, converted to ``x_t`` by the Jacobian
   :math:`-D\\log\\alpha_{t_{min}}`;
@@ -44,6 +45,8 @@ from scoresde.solvers._common import CountingScore
 from scoresde.solvers.odeint import FlowField
 
 CONVERGED_TOL = 1e-9
+OURS = "tsit5"
+"""Our solver: ``log_likelihood``'s default."""
 LlFn = Callable[[Problem, Tensor, float], tuple[Tensor, int]]
 
 
@@ -62,7 +65,8 @@ def _probe_generator() -> torch.Generator:
 def _ours(divergence: str) -> LlFn:
     def run(problem: Problem, x: Tensor, tol: float) -> tuple[Tensor, int]:
         res = log_likelihood(
-            problem.score_fn, problem.sde, x, divergence=divergence, rtol=tol, atol=tol, generator=_probe_generator(),
+            problem.score_fn, problem.sde, x, divergence=divergence, method=OURS, rtol=tol, atol=tol,
+            generator=_probe_generator(),
         )  # fmt: skip
         return res.log_prob, res.nfe
 
@@ -126,8 +130,8 @@ def _scipy_rk45(divergence: str) -> LlFn:
 
 def all_methods(with_peers: bool) -> list[LikelihoodMethod]:
     methods = [
-        LikelihoodMethod("scoresde:dopri5/exact", "scoresde", _ours("exact")),
-        LikelihoodMethod("scoresde:dopri5/hutchinson", "scoresde", _ours("hutchinson")),
+        LikelihoodMethod(f"scoresde:{OURS}/exact", "scoresde", _ours("exact")),
+        LikelihoodMethod(f"scoresde:{OURS}/hutchinson", "scoresde", _ours("hutchinson")),
         LikelihoodMethod("scipy:RK45/exact", "scipy", _scipy_rk45("exact")),
         LikelihoodMethod("scipy:RK45/hutchinson", "scipy", _scipy_rk45("hutchinson")),
     ]

@@ -51,11 +51,12 @@ def sampling_targets(rows: list[dict]) -> list[dict]:
 
 
 def likelihood_targets(rows: list[dict]) -> list[dict]:
-    """:func:`likelihood_targets_of` for our exact and Hutchinson divergences, each against
-    scipy with the same divergence (k-diffusion has one probe only)."""
+    """:func:`likelihood_targets_of` for each of our methods (``scoresde:<solver>/<divergence>``),
+    against scipy with the same divergence (k-diffusion has one probe only)."""
+    methods = dict.fromkeys(r["method"] for r in rows if r["method"].startswith("scoresde:"))
     return [
-        r for divergence in ("exact", "hutchinson")
-        for r in likelihood_targets_of(rows, f"scoresde:dopri5/{divergence}", f"scipy:RK45/{divergence}")
+        r for divergence in ("exact", "hutchinson") for ours in methods if ours.endswith(f"/{divergence}")
+        for r in likelihood_targets_of(rows, ours, f"scipy:RK45/{divergence}")
     ]  # fmt: skip
 
 

@@ -27,9 +27,11 @@ from torch import Tensor, nn
 
 from scoresde._tensor import as_time
 from scoresde.sde.base import SDE
+from scoresde.solvers import tsit5
 from scoresde.solvers._common import CountingScore, FirstNonFinite, NonFiniteError
 
-ADAPTIVE_ODEINT_METHODS = ("dopri8", "dopri5", "bosh3", "fehlberg2", "adaptive_heun")
+ADAPTIVE_ODEINT_METHODS = ("tsit5", "dopri8", "dopri5", "bosh3", "fehlberg2", "adaptive_heun")
+"""torchdiffeq's adaptive methods, and Tsitouras' pair run by its solver (:mod:`scoresde.solvers.tsit5`)."""
 FIXED_GRID_ODEINT_METHODS = (
     "euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implicit_adams", "fixed_adams",
 )  # fmt: skip
@@ -42,7 +44,7 @@ def check_odeint_args(method: str, rtol: float, atol: float) -> None:
     """Raise ``ValueError`` for an unknown torchdiffeq method or a tolerance that is not a
     finite number > 0."""
     if method not in ODEINT_METHODS:
-        raise ValueError(f"method must be one of torchdiffeq's {ODEINT_METHODS}, got {method!r}")
+        raise ValueError(f"method must be one of {ODEINT_METHODS}, got {method!r}")
     for name, tol in (("rtol", rtol), ("atol", atol)):
         if not isinstance(tol, (int, float)) or isinstance(tol, bool) or not tol > 0 or not math.isfinite(tol):
             raise ValueError(f"{name} must be a finite number > 0, got {tol!r}")
@@ -103,6 +105,7 @@ def odeint(
     (first) output was not finite (as ``what``), or when the step size underflows."""
     import torchdiffeq
 
+    tsit5.register()
     like = y0[0] if isinstance(y0, tuple) else y0
     times = times.to(device=like.device, dtype=torch.float64)
     first_bad = FirstNonFinite()
