@@ -62,14 +62,15 @@ def test_harness_runs_end_to_end(tmp_path):
     assert not list(tmp_path.glob(".*.tmp"))
 
 
+@pytest.mark.parametrize("solver", ["dopri5", "tsit5"])
 @pytest.mark.parametrize("divergence", ["exact", "hutchinson"])
-def test_scipy_peer_solves_our_likelihood_ode(divergence):
+def test_scipy_peer_solves_our_likelihood_ode(divergence, solver):
     # the scipy rows are paired with ours by divergence: with the shared probe both integrate one
     # augmented ODE, so at tight tolerances they agree far below the 1e-3 nats/dim of the target
     problem = Problem("2d", "vp", 32)
     x = problem.true_samples(2)
     methods = {m.name: m for m in all_methods(with_peers=False)}
-    ours, _ = methods[f"scoresde:tsit5/{divergence}"].run(problem, x, 1e-9)
+    ours, _ = methods[f"scoresde:{solver}/{divergence}"].run(problem, x, 1e-9)
     theirs, _ = methods[f"scipy:RK45/{divergence}"].run(problem, x, 1e-9)
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
 
@@ -79,8 +80,8 @@ def test_likelihood_targets_pair_ours_with_scipy_of_the_same_divergence():
         return {"problem": "p", "method": method, "nfe": nfe, "seconds": nfe / 100, "max_err_per_dim": err}
 
     rows = [
-        row("scoresde:tsit5/exact", 60, 2e-3), row("scoresde:tsit5/exact", 80, 5e-4),
-        row("scoresde:tsit5/hutchinson", 90, 9e-4), row("scipy:RK45/exact", 100, 1e-3),
+        row("scoresde:dopri5/exact", 60, 2e-3), row("scoresde:dopri5/exact", 80, 5e-4),
+        row("scoresde:dopri5/hutchinson", 90, 9e-4), row("scipy:RK45/exact", 100, 1e-3),
         row("scipy:RK45/hutchinson", 120, 1e-4), row("k-diffusion:log_likelihood", 160, 1e-4),
     ]  # fmt: skip
     exact, hutchinson = report.likelihood_targets(rows)
@@ -94,8 +95,8 @@ def test_likelihood_summary_takes_the_geometric_mean_over_point_sets():
         return {"problem": "p", "point_set": point_set, "method": method, "nfe": nfe, "seconds": nfe / 100,
                 "max_err_per_dim": 5e-4}  # fmt: skip
 
-    rows = [row(0, "scoresde:tsit5/hutchinson", 80), row(0, "k-diffusion:log_likelihood", 100),
-            row(1, "scoresde:tsit5/hutchinson", 90), row(1, "k-diffusion:log_likelihood", 160),
+    rows = [row(0, "scoresde:dopri5/hutchinson", 80), row(0, "k-diffusion:log_likelihood", 100),
+            row(1, "scoresde:dopri5/hutchinson", 90), row(1, "k-diffusion:log_likelihood", 160),
             row(1, "scipy:RK45/hutchinson", 90)]  # fmt: skip
     targets = report.likelihood_targets(rows)
     assert [(t["point_set"], t["nfe_ratio_vs_k_diffusion"]) for t in targets] == [(0, 0.8), (1, 0.5625)]

@@ -3,9 +3,10 @@
 Every method integrates the same probability-flow ODE with the same exact score on the same
 points (``x`` drawn from the data, float64):
 
-* ``scoresde``: :func:`~scoresde.log_likelihood` with its defaults: Tsitouras' 5(4) pair in
-  torchdiffeq's solver, the per-sample error norm, the reference VP coordinates; the exact
-  divergence (one batched VJP over the dimensions) or Hutchinson's (one VJP);
+* ``scoresde``: :func:`~scoresde.log_likelihood` (the per-sample error norm, the reference VP
+  coordinates) with dopri5 (the default) and with Tsitouras' 5(4) pair (``method="tsit5"``,
+  our tableau in torchdiffeq's solver); the exact divergence (one batched VJP over the
+  dimensions) or Hutchinson's (one VJP);
 * ``k-diffusion``: ``sampling.log_likelihood`` (dopri5 in sigma, one Rademacher probe) through
   :class:`~scoresde.bench.peers.KarrasDenoiser`, converted to ``x_t`` by the Jacobian
   :math:`-D\\log\\alpha_{t_{min}}`;
@@ -45,8 +46,6 @@ from scoresde.solvers._common import CountingScore
 from scoresde.solvers.odeint import FlowField
 
 CONVERGED_TOL = 1e-9
-OURS = "tsit5"
-"""Our solver: ``log_likelihood``'s default."""
 LlFn = Callable[[Problem, Tensor, float], tuple[Tensor, int]]
 
 
@@ -62,10 +61,10 @@ def _probe_generator() -> torch.Generator:
     return torch.Generator().manual_seed(0)
 
 
-def _ours(divergence: str) -> LlFn:
+def _ours(method: str, divergence: str) -> LlFn:
     def run(problem: Problem, x: Tensor, tol: float) -> tuple[Tensor, int]:
         res = log_likelihood(
-            problem.score_fn, problem.sde, x, divergence=divergence, method=OURS, rtol=tol, atol=tol,
+            problem.score_fn, problem.sde, x, divergence=divergence, method=method, rtol=tol, atol=tol,
             generator=_probe_generator(),
         )  # fmt: skip
         return res.log_prob, res.nfe
@@ -130,8 +129,8 @@ def _scipy_rk45(divergence: str) -> LlFn:
 
 def all_methods(with_peers: bool) -> list[LikelihoodMethod]:
     methods = [
-        LikelihoodMethod(f"scoresde:{OURS}/exact", "scoresde", _ours("exact")),
-        LikelihoodMethod(f"scoresde:{OURS}/hutchinson", "scoresde", _ours("hutchinson")),
+        *(LikelihoodMethod(f"scoresde:{method}/{divergence}", "scoresde", _ours(method, divergence))
+          for method in ("dopri5", "tsit5") for divergence in ("exact", "hutchinson")),
         LikelihoodMethod("scipy:RK45/exact", "scipy", _scipy_rk45("exact")),
         LikelihoodMethod("scipy:RK45/hutchinson", "scipy", _scipy_rk45("hutchinson")),
     ]
