@@ -201,6 +201,7 @@ def test_adaptive_dense_output_follows_the_closed_form_flow(method):
     times = [0.9, 0.7, 0.5, 0.3, 0.1]
     res = sample_ode(gauss.score_fn(sde), sde, x_init=x_init, method=method, rtol=1e-7, atol=1e-7, t_end=T_END,
                      save_at=times)  # fmt: skip
+    assert res.trajectory.t.tolist() == times
 
     def spread(t):
         return sde.alpha(t), (sde.alpha(t) ** 2 * s0**2 + sde.sigma(t) ** 2).sqrt()
@@ -220,16 +221,6 @@ def test_trajectory_on_the_grid_and_at_given_times():
                      save_at="grid")  # fmt: skip
     assert res.trajectory.x.shape == (7, 16, 2) and res.trajectory.t[0] == 1.0
     assert torch.equal(res.trajectory.x[0], x_init) and torch.equal(res.trajectory.x[-1], res.x)
-    # at given times: dopri5 interpolates, and matches the closed-form single-Gaussian flow
-    res = sample_ode(gauss.score_fn(sde), sde, x_init=x_init, rtol=1e-9, atol=1e-9, t_end=T_END, save_at=[0.5, 0.1])
-    assert res.trajectory.t.tolist() == [0.5, 0.1]
-    def spread(t):
-        return sde.alpha(t), (sde.alpha(t) ** 2 * s0**2 + sde.sigma(t) ** 2).sqrt()
-
-    a_start, std_start = spread(torch.tensor(1.0, dtype=torch.float64))
-    for t, x in zip(res.trajectory.t, res.trajectory.x, strict=True):
-        a, std = spread(t)
-        torch.testing.assert_close(x, a * mu + std * (x_init - a_start * mu) / std_start, rtol=0, atol=1e-6)
     # a fixed-step loop adds the requested times to its grid
     res = sample_pc(gauss.score_fn(sde), sde, (16, 2), num_steps=4, t_end=T_END, save_at=[0.33])
     assert res.trajectory.t.tolist() == [0.33] and res.nfe == 5 * 2 + 1
