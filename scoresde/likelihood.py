@@ -368,9 +368,8 @@ def log_likelihood(
             :mod:`scoresde.solvers.tsit5`) reaches a given accuracy in fewer evaluations than the
             default ``"dopri5"``, but its error estimate is more cautious: at the same tolerance
             it spends 15-40 % more evaluations for a 7-20x smaller error, so give it a tolerance
-            about ten times looser. Fixed-step methods need
-            ``options={"step_size": h}``, ``h`` on the clock of :mod:`scoresde.solvers.clock`,
-            which is ``t`` for the default VP SDE).
+            about ten times looser. Fixed-step methods need ``options={"step_size": h}``, ``h``
+            on the clock of :mod:`scoresde.solvers.clock`, which is ``t`` for the default VP SDE.
         t_min: start time (default ``sde.t_min``); the result is :math:`\log p_{t_{min}}`.
         prior_log_prob_fn: ``z -> (batch,)`` log-density at ``T`` (default the prior); e.g. the
             exact :math:`\log p_T` to remove the prior-mismatch error in a test.
