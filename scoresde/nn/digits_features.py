@@ -45,15 +45,16 @@ class DigitsFeatures(nn.Module):
 
 
 @cache
-def _bundled() -> DigitsFeatures:
+def _bundled(device: torch.device) -> DigitsFeatures:
     net = DigitsFeatures()
-    net.load_state_dict(torch.load(WEIGHTS, map_location="cpu", weights_only=True))
-    return net.eval().requires_grad_(False)
+    net.load_state_dict(torch.load(WEIGHTS, map_location=device, weights_only=True))
+    return net.to(device).eval().requires_grad_(False)
 
 
 def pretrained(device: torch.device | str | None = None) -> DigitsFeatures:
-    """The bundled network in eval mode, without gradients, on ``device`` (default CPU)."""
-    return _bundled().to(device or "cpu")
+    """The bundled network in eval mode, without gradients, on ``device`` (default CPU); one
+    shared instance per device."""
+    return _bundled(torch.device(device or "cpu"))
 
 
 def train(*, steps: int = 1500, batch_size: int = 128, seed: int = 0) -> DigitsFeatures:
