@@ -8,6 +8,7 @@ folder, renamed over it): a crash mid-write leaves the previous checkpoint untou
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ CHECKPOINT_FORMAT = "scoresde-checkpoint-v1"
 
 
 class CheckpointError(ValueError):
-    """A checkpoint file that cannot be read (corrupted, truncated, not a scoresde checkpoint)."""
+    """A checkpoint file that cannot be read (corrupted, truncated, unsafe to load, not a scoresde checkpoint)."""
 
 
 _PLAIN = (bool, int, float, str, type(None))
@@ -58,16 +59,27 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device | None = 
 
     Raises:
         FileNotFoundError: no file at ``path``.
-        CheckpointError: the file is corrupted, truncated or not a scoresde checkpoint (the
-            message names the file).
+        CheckpointError: the file is corrupted, truncated, holds objects a weights-only load
+            refuses, or is not a scoresde checkpoint (the message names the file).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} not found")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # zip, unpickling and EOF errors all mean the same thing here
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    except Exception as err:  # zip, unpickling and EOF errors of many kinds
+        message = str(err).strip()
+        # torch names the global its weights-only unpickler refused; its other failures (unknown
+        # opcodes, a bad zip, an early end) come from damaged files
+        refused = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) (\S+)", message)
+        if refused:
+            raise CheckpointError(
+                f"cannot read checkpoint {path}: it holds objects that a safe (weights-only) load refuses "
+                f"({refused.group(1)}); a scoresde checkpoint holds only tensors, numbers, strings, lists and dicts, "
+                "and nothing in the file was run"
+            ) from err
+        detail = re.search(r"WeightsUnpickler error:\s*(\S.*)", message)
+        reason = detail.group(1) if detail else message.splitlines()[0] if message else type(err).__name__
         raise CheckpointError(f"cannot read checkpoint {path}: corrupted or truncated ({reason})") from err
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a scoresde checkpoint (no format tag {CHECKPOINT_FORMAT!r})")

@@ -186,6 +186,58 @@ def _load_mnist_like(root: Path, folder: str, split: str) -> ImageData:
     return ImageData(torch.cat(images)[:, None], torch.cat(labels), num_levels=256, num_classes=10)
 
 
+# what a CIFAR-10 python batch may name: numpy's array reconstruction (both spellings of its
+# core module), nothing else; dicts, lists, bytes and ints need no global
+_CIFAR_GLOBALS = frozenset(
+    {(m, "_reconstruct") for m in ("numpy.core.multiarray", "numpy._core.multiarray")}
+    | {("numpy", "ndarray"), ("numpy", "dtype")}
+)
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """An unpickler that builds only plain containers and numpy arrays: any other global (a
+    class or function a crafted file would call) is refused before it is looked up."""
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) not in _CIFAR_GLOBALS:
+            raise pickle.UnpicklingError(
+                f"refused global {module}.{name} (a CIFAR-10 batch holds only dicts, lists, bytes, ints and "
+                "numpy arrays; nothing in the file was run)"
+            )
+        return super().find_class(module, name)
+
+
+def _read_cifar_batch(path: Path) -> tuple[Tensor, Tensor]:
+    """The ``(n, 3, 32, 32)`` uint8 images and ``(n,)`` labels of one CIFAR-10 python batch (a
+    pickled dict with ``b"data"`` ``(n, 3072)`` and ``b"labels"``), read without running code."""
+    try:
+        with path.open("rb") as f:
+            # encoding="bytes" reads the Python 2 strings of the original files as bytes
+            batch = _CifarUnpickler(f, encoding="bytes").load()
+    except Exception as err:  # a crafted or damaged pickle can fail in many ways; all mean the same here
+        raise ValueError(f"cannot read {path} as a CIFAR-10 batch: {err}") from None
+    if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
+        got = f"a dict with keys {sorted(batch, key=repr)!r}" if isinstance(batch, dict) else type(batch).__name__
+        raise ValueError(f"{path} is not a CIFAR-10 batch: expected a dict with b'data' and b'labels', got {got}")
+    try:
+        images, labels = torch.as_tensor(batch[b"data"]), torch.as_tensor(batch[b"labels"])
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise ValueError(f"{path}: CIFAR-10 data and labels must be arrays or lists of ints ({err})") from None
+    n = images.shape[0] if images.ndim else 0
+    if images.shape != (n, 3 * 32 * 32) or labels.shape != (n,):
+        raise ValueError(
+            f"{path}: a CIFAR-10 batch holds (n, 3072) pixels and n labels, got data of shape "
+            f"{tuple(images.shape)} and labels of shape {tuple(labels.shape)}"
+        )
+    for key, values, top in ((b"data", images, 255), (b"labels", labels, 9)):
+        if values.is_floating_point() or values.is_complex() or values.dtype == torch.bool:
+            raise ValueError(f"{path}: CIFAR-10 {key!r} must hold integers, got {values.dtype}")
+        low, high = (int(values.min()), int(values.max())) if n else (0, 0)
+        if low < 0 or high > top:
+            raise ValueError(f"{path}: CIFAR-10 {key!r} must lie in [0, {top}], got values in [{low}, {high}]")
+    return images.to(torch.uint8).reshape(-1, 3, 32, 32), labels.to(torch.int64)
+
+
 def _load_cifar10(root: Path, split: str) -> ImageData:
     folder = root / "cifar-10-batches-py"
     names = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
@@ -195,12 +247,9 @@ def _load_cifar10(root: Path, split: str) -> ImageData:
         path = folder / name
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found (pass download=True to fetch it)")
-        with path.open("rb") as f:
-            # the CIFAR-10 python format is a pickle of a dict of bytes and lists (a local file
-            # the user downloaded); encoding="bytes" reads its Python 2 strings
-            batch = pickle.load(f, encoding="bytes")
-        images.append(torch.as_tensor(batch[b"data"], dtype=torch.uint8).reshape(-1, 3, 32, 32))
-        labels.append(torch.as_tensor(batch[b"labels"], dtype=torch.int64))
+        batch_images, batch_labels = _read_cifar_batch(path)
+        images.append(batch_images)
+        labels.append(batch_labels)
     return ImageData(torch.cat(images), torch.cat(labels), num_levels=256, num_classes=10)
 
 

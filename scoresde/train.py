@@ -34,7 +34,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from scoresde._atomic import atomic_write_text
+from scoresde._atomic import atomic_write_text, remove_stale_temporaries
 from scoresde.checkpoint import check_plain, load_checkpoint, save_checkpoint
 from scoresde.data import ImageData
 from scoresde.likelihood import BpdEvaluation, decode, evaluate_bpd
@@ -563,7 +563,8 @@ class Trainer:
 
     def load(self, path: str | Path) -> None:
         """Restore model, EMA, optimizer, step and random states from a checkpoint; the metrics
-        log is cut back to the checkpoint's step."""
+        log is cut back to the checkpoint's step, and temporary files an interrupted save of the
+        checkpoint left behind are removed."""
         state = load_checkpoint(path, map_location=self.device)
         try:
             self.model.load_state_dict(state["model"])
@@ -581,9 +582,12 @@ class Trainer:
             self.generator.manual_seed(_stream_seed(self.seed + self.step, self.rank, 0))
             self._dropout_rng = self._seeded_rng_state(_stream_seed(self.seed + self.step, self.rank, 1))
         self._last_saved_step = self.step
-        if self.rank == 0 and self.metrics_path.exists():
-            kept = [line for line in self.metrics_path.read_text().splitlines() if _logged_step(line) <= self.step]
-            atomic_write_text(self.metrics_path, "".join(line + "\n" for line in kept))
+        if self.rank == 0:
+            remove_stale_temporaries(path)
+            if self.metrics_path.exists():
+                lines = self.metrics_path.read_text().splitlines()
+                kept = [line for line in lines if _logged_step(line) <= self.step]
+                atomic_write_text(self.metrics_path, "".join(line + "\n" for line in kept))
 
 
 def _logged_step(line: str) -> float:

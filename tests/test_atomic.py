@@ -3,7 +3,7 @@ import stat
 
 import pytest
 
-from scoresde._atomic import atomic_write, atomic_write_text
+from scoresde._atomic import STALE_SECONDS, atomic_write, atomic_write_text, remove_stale_temporaries
 
 
 def test_a_replaced_file_keeps_its_mode_and_a_new_one_follows_the_umask(tmp_path):
@@ -32,3 +32,40 @@ def test_a_failing_writer_leaves_the_old_content_and_no_temporary_file(tmp_path)
         atomic_write(path, half_written)
     assert path.read_text() == "previous run"
     assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
+
+
+def test_writing_a_target_removes_only_its_stale_temporary_files(tmp_path):
+    target = tmp_path / "a+b.pt"  # a regex character in the name: matched literally
+    target.write_text("old")
+    stale = [".a+b.pt.0123456789ab.tmp", ".a+b.pt.deadbeef0042.tmp"]
+    kept = [
+        ".a+b.pt.fedcba987654.tmp",  # fresh: another process may be writing the target right now
+        ".other.pt.0123456789ab.tmp",  # another target's temporary file
+        ".a+b.pt.nothex.tmp", ".a+b.pt.0123456789AB.tmp", ".a+b.pt.0123456789abc.tmp", ".a+b.pt.0123456789a.tmp",
+        ".aab.pt.0123456789ab.tmp", "a+b.pt.0123456789ab.tmp", ".a+b.pt.0123456789ab.tmp.bak", "notes.txt",
+    ]  # fmt: skip
+    for name in stale + kept:
+        (tmp_path / name).write_text("x")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / ".a+b.pt.0123456789ab.tmp").write_text("x")  # another folder
+    (tmp_path / ".a+b.pt.00000000000a.tmp").mkdir()  # a folder with the pattern's name
+    old = os.stat(tmp_path / "notes.txt").st_mtime - 3600
+    for name in [*stale, *kept[1:], ".a+b.pt.00000000000a.tmp"]:
+        os.utime(tmp_path / name, (old, old))
+
+    atomic_write_text(target, "new")
+    assert target.read_text() == "new"
+    names = {p.name for p in tmp_path.iterdir()}
+    assert names == {"a+b.pt", "sub", ".a+b.pt.00000000000a.tmp", *kept}
+    assert (tmp_path / "sub" / ".a+b.pt.0123456789ab.tmp").is_file()
+
+
+def test_remove_stale_temporaries_reports_what_it_removed(tmp_path):
+    target = tmp_path / "checkpoint.pt"
+    tmp = tmp_path / ".checkpoint.pt.0123456789ab.tmp"
+    tmp.write_bytes(b"PK partial")
+    assert remove_stale_temporaries(target) == []  # younger than STALE_SECONDS
+    old = tmp.stat().st_mtime - STALE_SECONDS - 1
+    os.utime(tmp, (old, old))
+    assert remove_stale_temporaries(target) == [tmp] and not tmp.exists()
+    assert remove_stale_temporaries(tmp_path / "missing" / "x.pt") == []  # no folder: nothing to do

@@ -1,11 +1,19 @@
 import gzip
+import io
+import os
 import pickle
+import re
+import shlex
+import struct
 import sys
+from typing import ClassVar
 
 import pytest
 import torch
 
 import scoresde as sd
+from scoresde.checkpoint import load_checkpoint, save_checkpoint
+from scoresde.config import load_data
 from scoresde.data import (
     DIGITS_NUM_TEST,
     ImageData,
@@ -125,18 +133,173 @@ def test_mnist_format(tmp_path, name, folder):
         load_images(name, tmp_path, "train")
 
 
-def test_cifar10_format(tmp_path):
-    folder = tmp_path / "cifar-10-batches-py"
-    folder.mkdir()
+class _Py2Pickler(pickle._Pickler):
+    """Writes str and bytes as Python 2's ``str`` (BINSTRING), and numpy's globals with the
+    ``numpy.core`` spelling: a batch as the original CIFAR-10 python files are written."""
+
+    dispatch: ClassVar[dict] = dict(pickle._Pickler.dispatch)
+
+    def _save_py2_str(self, obj):
+        data = obj.encode("latin-1") if isinstance(obj, str) else obj
+        size = bytes([len(data)]) if len(data) < 256 else struct.pack("<i", len(data))
+        self.write((pickle.SHORT_BINSTRING if len(data) < 256 else pickle.BINSTRING) + size + data)
+        self.memoize(obj)
+
+    dispatch[str] = dispatch[bytes] = _save_py2_str
+
+
+def _py2_pickle(obj):
+    buffer = io.BytesIO()
+    _Py2Pickler(buffer, protocol=2).dump(obj)
+    return buffer.getvalue().replace(b"cnumpy._core.multiarray\n", b"cnumpy.core.multiarray\n")
+
+
+def _cifar_folder(root, batches, write=pickle.dumps):
+    """``root/cifar-10-batches-py`` with ``batches``: name -> (pixels (n, 3072) uint8, labels)."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, (pixels, labels) in batches.items():
+        batch = {"batch_label": f"{name} of 6", "labels": labels, "data": pixels, "filenames": ["a.png"] * len(labels)}
+        if write is pickle.dumps:
+            batch = {key.encode(): value for key, value in batch.items()}
+        (folder / name).write_bytes(write(batch))
+    return folder
+
+
+@pytest.mark.parametrize("style", ["python2 file", "numpy array", "plain lists"])
+def test_cifar10_format(tmp_path, style):
     g = torch.Generator().manual_seed(2)
-    pixels = torch.randint(0, 256, (4, 3 * 32 * 32), generator=g, dtype=torch.uint8)
-    with (folder / "test_batch").open("wb") as f:
-        pickle.dump({b"data": pixels.numpy(), b"labels": [1, 2, 3, 4]}, f)
+    pixels = torch.randint(0, 256, (6, 3 * 32 * 32), generator=g, dtype=torch.uint8)
+    labels = [1, 2, 3, 4, 9, 0]
+    as_stored = pixels.tolist() if style == "plain lists" else pixels.numpy()
+    write = _py2_pickle if style == "python2 file" else pickle.dumps
+    names = [f"data_batch_{i}" for i in range(1, 6)]
+    _cifar_folder(tmp_path, {"test_batch": (as_stored[:4], labels[:4])}, write)
     data = load_images("cifar10", tmp_path, "test")
-    assert data.levels.shape == (4, 3, 32, 32) and data.labels.tolist() == [1, 2, 3, 4]
-    assert torch.equal(data.levels.flatten(1), pixels)
+    assert data.levels.shape == (4, 3, 32, 32) and data.levels.dtype == torch.uint8
+    assert torch.equal(data.levels.flatten(1), pixels[:4]) and data.labels.tolist() == [1, 2, 3, 4]
+    assert data.labels.dtype == torch.int64 and (data.num_levels, data.num_classes) == (256, 10)
     with pytest.raises(FileNotFoundError, match=r"data_batch_1 not found \(pass download=True"):
         load_images("cifar10", tmp_path, "train")
+    _cifar_folder(tmp_path, {name: (as_stored[4:], labels[4:]) for name in names}, write)
+    full = load_images("cifar10", tmp_path, "all")
+    assert torch.equal(full.levels.flatten(1), torch.cat([pixels[4:]] * 5 + [pixels[:4]]))
+    assert full.labels.tolist() == [9, 0] * 5 + [1, 2, 3, 4]
+
+
+class _RunsCode:
+    """A crafted pickle: loading it calls ``call`` (``os.system`` or ``exec``), which writes ``marker``."""
+
+    def __init__(self, call, marker):
+        self.call, self.marker = call, marker
+
+    def __reduce__(self):
+        if self.call == "os.system":
+            return (os.system, (f"touch {shlex.quote(str(self.marker))}",))
+        return (exec, (f"open({str(self.marker)!r}, 'w').close()",))
+
+
+@pytest.mark.parametrize("call", ["os.system", "exec"])
+@pytest.mark.parametrize("where", ["the file", "the data"])
+def test_a_crafted_cifar10_file_is_refused_and_never_run(tmp_path, call, where):
+    marker = tmp_path / "ran"
+    payload = pickle.dumps(_RunsCode(call, marker))
+    pickle.loads(payload)  # the payload is live: a plain pickle.load runs it
+    assert marker.exists()
+    marker.unlink()
+    crafted = _RunsCode(call, marker)
+    content = crafted if where == "the file" else {b"data": crafted, b"labels": [1]}
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for name in ["test_batch"] + [f"data_batch_{i}" for i in range(1, 6)]:
+        (folder / name).write_bytes(pickle.dumps(content))
+    refused = rf"{'(posix|nt|os)' if call == 'os.system' else 'builtins'}\.{call.split('.')[-1]}"
+    message = rf"cannot read {folder / 'test_batch'} as a CIFAR-10 batch: refused global {refused} \("
+    with pytest.raises(ValueError, match=message):
+        load_images("cifar10", tmp_path, "test")
+    with pytest.raises(ValueError, match=message):
+        load_data({"name": "cifar10", "root": str(tmp_path), "download": False}, "test")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (3, r"test_batch is not a CIFAR-10 batch: expected a dict with b'data' and b'labels', got int"),
+        ({b"data": [[0] * 3072]}, r"expected a dict with b'data' and b'labels', got a dict with keys \[b'data'\]"),
+        ({b"data": [[0] * 3071], b"labels": [1]}, r"holds \(n, 3072\) pixels and n labels, got data of shape \(1, 30"),
+        ({b"data": [[0] * 3072] * 2, b"labels": [1]}, r"and labels of shape \(1,\)"),
+        ({b"data": [[0.5] * 3072], b"labels": [1]}, r"CIFAR-10 b'data' must hold integers, got torch.float32"),
+        ({b"data": [[256] * 3072], b"labels": [1]}, r"b'data' must lie in \[0, 255\], got values in \[256, 256\]"),
+        ({b"data": [[0] * 3072], b"labels": [10]}, r"b'labels' must lie in \[0, 9\], got values in \[10, 10\]"),
+        ({b"data": "pixels", b"labels": [1]}, r"CIFAR-10 data and labels must be arrays or lists of ints"),
+    ],
+    ids=["int", "no-labels", "3071-pixels", "2-images-1-label", "float", "256", "label-10", "str"],
+)  # fmt: skip
+def test_a_cifar10_file_of_the_wrong_content_is_named(tmp_path, content, message):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    (folder / "test_batch").write_bytes(pickle.dumps(content))
+    with pytest.raises(ValueError, match=message):
+        load_images("cifar10", tmp_path, "test")
+    (folder / "test_batch").write_bytes(pickle.dumps(content)[:-5])
+    with pytest.raises(ValueError, match=rf"cannot read {folder / 'test_batch'} as a CIFAR-10 batch"):
+        load_images("cifar10", tmp_path, "test")
+
+
+CLI_RUN = """
+[model]
+channels = 8
+channel_mults = [1, 2]
+num_res_blocks = 1
+dropout = 0.0
+
+[train]
+steps = 1
+batch_size = 16
+warmup_steps = 0
+num_eval_images = 0
+num_grid_samples = 0
+
+[run]
+device = "cpu"
+"""
+
+
+def test_a_crafted_cifar10_file_is_refused_by_every_command(tmp_path, capsys):
+    from scoresde.cli import main
+
+    marker = tmp_path / "ran"
+    folder = tmp_path / "crafted" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for name in ["test_batch"] + [f"data_batch_{i}" for i in range(1, 6)]:
+        (folder / name).write_bytes(pickle.dumps(_RunsCode("os.system", marker)))
+
+    def refused(command, split):
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "Traceback" not in err[0], err
+        assert re.fullmatch(
+            rf"scoresde {command}: error: cannot read {re.escape(str(folder / split))} as a CIFAR-10 batch: "
+            r"refused global (posix|nt|os)\.system \(.*nothing in the file was run\)", err[0]
+        ), err[0]  # fmt: skip
+        assert not marker.exists()
+
+    args = ["--data", "cifar10", "--data-root", str(tmp_path / "crafted"), "--out", str(tmp_path / "new")]
+    assert main(["train", *args, "--no-progress"]) == 2
+    refused("train", "data_batch_1")
+
+    # a checkpoint whose stored config names the crafted folder (the weights themselves are safe)
+    (tmp_path / "run.toml").write_text(CLI_RUN)
+    run = tmp_path / "run"
+    assert main(["train", "--config", str(tmp_path / "run.toml"), "--out", str(run), "--no-progress"]) == 0
+    capsys.readouterr()
+    state = load_checkpoint(run / "checkpoint.pt")
+    state["config"]["data"] = {"name": "cifar10", "root": str(tmp_path / "crafted"), "download": False}
+    save_checkpoint({k: v for k, v in state.items() if k != "format"}, run / "checkpoint.pt")
+    assert main(["train", "--out", str(run), "--resume", "--steps", "2", "--no-progress"]) == 2
+    refused("train", "data_batch_1")
+    assert main(["likelihood", "--checkpoint", str(run / "checkpoint.pt"), "--num-images", "1"]) == 2
+    refused("likelihood", "test_batch")
 
 
 def test_download_is_explicit_and_needs_torchvision(tmp_path, monkeypatch):

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import scoresde as sd
+from scoresde._atomic import STALE_SECONDS
 from scoresde.checkpoint import CHECKPOINT_FORMAT, CheckpointError, check_plain, load_checkpoint, save_checkpoint
 from scoresde.data import load_digits
 from scoresde.nn import UNet
@@ -72,6 +73,18 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path):
     assert steps == [2, 3, 4, 6, 8]
 
 
+def test_resume_removes_the_temporary_files_an_interrupted_save_left(tmp_path):
+    make_trainer(tmp_path, steps=4).train(stop_at=2)
+    left = tmp_path / ".checkpoint.pt.0123456789ab.tmp"  # what a kill -9 mid-save leaves
+    left.write_bytes(b"PK\x03\x04 partial")
+    fresh = tmp_path / ".checkpoint.pt.fedcba987654.tmp"  # could be another process's save in flight
+    fresh.write_bytes(b"PK\x03\x04 partial")
+    old = left.stat().st_mtime - STALE_SECONDS - 1
+    os.utime(left, (old, old))
+    resumed = make_trainer(tmp_path, steps=4, resume=True)
+    assert resumed.step == 2 and not left.exists() and fresh.exists()
+
+
 @pytest.mark.parametrize("crash", ["torch.save", "os.replace"])
 def test_a_crash_mid_write_leaves_the_old_checkpoint(tmp_path, monkeypatch, crash):
     path = tmp_path / "ck.pt"
@@ -115,6 +128,31 @@ def test_corrupted_or_truncated_checkpoint_gives_a_clear_error(tmp_path):
     path.write_bytes(data[:100])
     with pytest.raises(CheckpointError, match=rf"{path}"):
         trainer.load(path)
+
+
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (exec, (f"open({str(self.marker)!r}, 'w').close()",))
+
+
+def test_a_checkpoint_a_weights_only_load_refuses_is_named_so(tmp_path):
+    path, marker = tmp_path / "ck.pt", tmp_path / "ran"
+    torch.save({"format": CHECKPOINT_FORMAT, "step": 1, "hook": _RunsCode(marker)}, path)
+    refused = r"it holds objects that a safe \(weights-only\) load refuses \((builtins\.)?exec\); a scoresde checkpoint"
+    with pytest.raises(CheckpointError, match=rf"cannot read checkpoint {path}: {refused} holds only tensors"):
+        load_checkpoint(path)
+    assert not marker.exists()
+    torch.save({"format": CHECKPOINT_FORMAT, "step": __import__("numpy").zeros(2)}, path)
+    with pytest.raises(CheckpointError, match=r"refuses \(numpy\.(_)?core\.multiarray\._reconstruct\)"):
+        load_checkpoint(path)
+    data = path.read_bytes()
+    for damaged in (data[: len(data) // 2], b"not a checkpoint"):  # torch fails these as "weights only" too
+        path.write_bytes(damaged)
+        with pytest.raises(CheckpointError, match=rf"cannot read checkpoint {path}: corrupted or truncated \("):
+            load_checkpoint(path)
 
 
 def test_checkpoint_refuses_values_weights_only_cannot_load(tmp_path):
