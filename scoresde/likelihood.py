@@ -397,10 +397,10 @@ def log_likelihood(
     probes = _draw_probes(probe, num_probes, x, generator) if divergence == "hutchinson" else None
 
     score = CountingScore(score_fn)
-    coords = flow_coordinates(sde, score)
+    span = _time_span(t_min, sde.T)
+    coords = flow_coordinates(sde, score, span)
     func = _FlowWithDivergence(coords.field, probes, build_graph=grad or adjoint)
     delta0 = x.new_zeros(x.shape[0])
-    span = _time_span(t_min, sde.T)
     with torch.set_grad_enabled(grad or adjoint):
         ws, deltas = odeint(
             func, (coords.to_state(x, span[0]), delta0), coords.clock(span), method=method, rtol=rtol, atol=atol,
@@ -430,8 +430,8 @@ def _solve_flow(
     t_min = _check_solver_args(score_fn, sde, method, rtol, atol, options, t_min)
     _check_state(x, name)
     score = CountingScore(score_fn)
-    coords = flow_coordinates(sde, score)
     span = _time_span(t_min, sde.T) if forward else _time_span(sde.T, t_min)
+    coords = flow_coordinates(sde, score, span)
     with torch.set_grad_enabled(grad):
         states = odeint(
             coords.field, coords.to_state(x, span[0]), coords.clock(span), method=method, rtol=rtol, atol=atol,

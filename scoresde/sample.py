@@ -386,7 +386,7 @@ def sample_ode(
     x = _initial_state(sde, shape, x_init, generator, device, dtype)
     times, mask = _with_save_points(times, save_at)
     if stepper is None:
-        coords = flow_coordinates(sde, score)
+        coords = flow_coordinates(sde, score, times)
         states = odeint(
             coords.field, coords.to_state(x, times[0]), coords.clock(times), method=method, rtol=rtol, atol=atol,
             options=options, what=coords.what,

@@ -83,13 +83,16 @@ class FlowCoordinates:
 
 
 class ReferenceVPCoordinates(FlowCoordinates):
-    """A linear SDE on the reference VP clock, in the state :math:`w = x/s_t` (module docstring)."""
+    """A linear SDE on the reference VP clock, in the state :math:`w = x/s_t` (module docstring).
+    ``t_range`` is the solve's ``(earliest, latest)`` SDE time: the times the field computes from
+    the clock are kept inside it, since the round trip ``t -> u -> t`` is exact only to rounding
+    (``t_min = 1e-5`` came back as ``1e-5 - 8e-21``)."""
 
     what = "the probability-flow velocity (time on the reference VP clock)"
 
-    def __init__(self, sde: LinearSDE, score: CountingScore) -> None:
+    def __init__(self, sde: LinearSDE, score: CountingScore, t_range: tuple[float, float]) -> None:
         self.sde = sde
-        self.field = _ReferenceVPField(sde, score)
+        self.field = _ReferenceVPField(sde, score, t_range)
 
     def clock(self, t: Tensor) -> Tensor:
         return clock_of_log_snr(self.sde.log_snr(t))
@@ -101,23 +104,25 @@ class ReferenceVPCoordinates(FlowCoordinates):
 class _ReferenceVPField(nn.Module):
     """torchdiffeq's ``(u, w) -> dw/du``; a module, so the adjoint finds the score's parameters."""
 
-    def __init__(self, sde: LinearSDE, score: CountingScore) -> None:
+    def __init__(self, sde: LinearSDE, score: CountingScore, t_range: tuple[float, float]) -> None:
         super().__init__()
         self.sde = sde
         self.score = score
+        self.t_range = t_range
 
     def forward(self, u: Tensor, w: Tensor) -> Tensor:
         b = _clock_integral(u)
-        t = self.sde.inverse_log_snr(-torch.expm1(b).log())
+        t = self.sde.inverse_log_snr(-torch.expm1(b).log()).clamp(*self.t_range)
         scale = (self.sde.alpha(t) * (0.5 * b).exp()).to(w.dtype)  # alpha_t sqrt(1 + e^{-lambda}) = alpha_t e^{B/2}
         half_beta = (0.5 * (BETA_MIN + (BETA_MAX - BETA_MIN) * u)).to(w.dtype)
         return -half_beta * (w + scale * self.score(scale * w, as_time(t, w)))
 
 
-def flow_coordinates(sde: SDE, score: CountingScore) -> FlowCoordinates:
+def flow_coordinates(sde: SDE, score: CountingScore, times: Tensor) -> FlowCoordinates:
     """The reference VP coordinates for a :class:`~scoresde.LinearSDE` with a closed-form
     ``inverse_log_snr``; the SDE's own time and state otherwise (the clock needs :math:`t(\\lambda)`
-    at every evaluation, and the generic bisection costs 64 log-SNR evaluations each time)."""
+    at every evaluation, and the generic bisection costs 64 log-SNR evaluations each time).
+    ``times`` are the SDE times the solve runs through (float64, monotone)."""
     if isinstance(sde, LinearSDE) and type(sde).inverse_log_snr is not LinearSDE.inverse_log_snr:
-        return ReferenceVPCoordinates(sde, score)
+        return ReferenceVPCoordinates(sde, score, (times.min().item(), times.max().item()))
     return FlowCoordinates(sde, score)
