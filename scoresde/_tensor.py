@@ -1,6 +1,9 @@
-"""Small tensor helpers shared by the whole package: broadcasting and time handling."""
+"""Small tensor helpers shared by the whole package: broadcasting, time handling and the
+boundary checks of arguments (dtype, time, generator, device)."""
 
 from __future__ import annotations
+
+import numbers
 
 import torch
 from torch import Tensor
@@ -44,3 +47,64 @@ def check_finite(x: Tensor, name: str) -> None:
     if not torch.isfinite(x).all():
         bad = (~torch.isfinite(x)).sum().item()
         raise ValueError(f"{name} has {bad} non-finite value(s) (NaN or inf)")
+
+
+def check_float(x: Tensor, name: str) -> None:
+    """Raise ``TypeError`` unless ``x`` is a real floating-point tensor (integers would truncate
+    means and noise, complex numbers have no order). Metadata only: no host sync."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a floating-point tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+
+
+def check_float_dtype(dtype: torch.dtype | None, name: str = "dtype") -> None:
+    """Raise ``TypeError`` unless ``dtype`` is ``None`` or a real floating-point dtype."""
+    if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
+        raise TypeError(f"{name} must be a real floating-point torch.dtype (e.g. torch.float32), got {dtype!r}")
+
+
+def check_generator(generator: torch.Generator | None) -> None:
+    """Raise ``TypeError`` unless ``generator`` is ``None`` or a ``torch.Generator``."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(
+            f"generator must be a torch.Generator (e.g. torch.Generator().manual_seed(0)) or None, "
+            f"got {type(generator).__name__} {generator!r}"
+        )
+
+
+def check_device(device: torch.device | str | None) -> torch.device | None:
+    """``device`` as a ``torch.device`` (``None`` stays ``None``); ``ValueError`` if it names no
+    device or one this machine cannot use (e.g. ``"cuda"`` without CUDA). An empty allocation
+    tells: a boundary check, not for a per-step path."""
+    if device is None:
+        return None
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device must name a torch device (e.g. 'cpu', 'cuda:0'), got {device!r}") from err
+    try:
+        torch.empty(0, device=dev)
+    except (AssertionError, RuntimeError) as err:
+        raise ValueError(f"device {device!r} is not available here ({err})") from None
+    return dev
+
+
+def check_time(t: TimeLike, T: float, name: str = "t", *, values: bool = True) -> None:
+    """Check a time argument: ``TypeError`` unless it is a real number or a real tensor,
+    ``ValueError`` unless its values lie in ``[0, T]``.
+
+    A number's value is always checked (free). A tensor's values are checked only with
+    ``values=True``, which costs one host sync: the per-step methods (``drift``, score
+    functions, ...) pass ``values=False``, so a solver calling them with tensor times every step
+    never waits on the device; a sampler has checked its grid once, up front."""
+    if isinstance(t, Tensor):
+        if t.dtype == torch.bool or t.is_complex():
+            raise TypeError(f"{name} must be a real tensor, got dtype {t.dtype}")
+        if values and (not torch.isfinite(t).all() or (t < 0).any() or (t > T).any()):
+            raise ValueError(f"{name} must lie in [0, T={T}], got values in [{t.min().item()}, {t.max().item()}]")
+        return
+    if isinstance(t, bool) or not isinstance(t, numbers.Real):
+        raise TypeError(f"{name} must be a number or a tensor, got {type(t).__name__} {t!r}")
+    if not 0 <= t <= T:  # False for NaN too
+        raise ValueError(f"{name} must lie in [0, T={T}], got {t!r}")

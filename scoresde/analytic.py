@@ -20,7 +20,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from scoresde._tensor import TimeLike, append_dims, as_time
+from scoresde._tensor import TimeLike, append_dims, check_device, check_float_dtype, check_generator
 from scoresde.sde.base import LinearSDE
 
 Fn = Callable[[Tensor, Tensor], Tensor]
@@ -138,8 +138,14 @@ class GaussianMixture:
         _, _, eigvecs, _ = self._params(y)
         return -torch.einsum("kij,bkj,bk->bi", eigvecs, resid / var, resp)
 
+    @staticmethod
+    def _require_linear(sde: LinearSDE) -> LinearSDE:
+        if not isinstance(sde, LinearSDE):
+            raise TypeError(f"the perturbed mixture needs a LinearSDE (alpha(t), sigma(t)), got {type(sde).__name__}")
+        return sde
+
     def _perturbation(self, sde: LinearSDE, x: Tensor, t: TimeLike) -> tuple[Tensor, Tensor]:
-        t = as_time(t, x)
+        t = sde.step_time(t, x)
         return sde.alpha(t).to(x.dtype), sde.sigma(t).to(x.dtype).square()
 
     def log_prob(self, x: Tensor) -> Tensor:
@@ -171,8 +177,10 @@ class GaussianMixture:
         """Draw ``n`` samples, shape ``(n, *event_shape)``."""
         if not isinstance(n, int) or n < 1:
             raise ValueError(f"n must be a positive int, got {n!r}")
+        check_float_dtype(dtype)
+        check_generator(generator)
         dtype = dtype or torch.get_default_dtype()
-        device = torch.device(device) if device is not None else torch.device("cpu")
+        device = check_device(device) or torch.device("cpu")
         log_w, eigvals, eigvecs, _ = self._params(torch.empty(0, device=device, dtype=dtype))
         k = torch.multinomial(log_w.exp(), n, replacement=True, generator=generator)
         z = torch.randn(n, self.dim, generator=generator, device=device, dtype=dtype)
@@ -180,16 +188,23 @@ class GaussianMixture:
         x = means[k] + torch.einsum("bij,bj->bi", eigvecs[k], eigvals[k].sqrt() * z)
         return x.reshape(n, *self.event_shape)
 
-    def marginal(self, sde: LinearSDE, t: float) -> GaussianMixture:
-        r"""The perturbed mixture :math:`p_t` at one time ``t`` under ``sde``."""
-        sde.check_time(t)
-        tt = torch.tensor(t, dtype=torch.float64)
+    def marginal(self, sde: LinearSDE, t: TimeLike) -> GaussianMixture:
+        r"""The perturbed mixture :math:`p_t` at one time ``t`` (a number or a 0-d tensor) under
+        ``sde``. For a batch of per-sample times use :meth:`log_prob_fn` or :meth:`score_fn`."""
+        if isinstance(t, Tensor) and t.ndim != 0:
+            raise ValueError(
+                f"marginal takes one time (a number or a 0-d tensor), got a tensor of shape {tuple(t.shape)}: "
+                "for per-sample times use log_prob_fn(sde)(x, t) or score_fn(sde)(x, t)"
+            )
+        self._require_linear(sde).check_time(t)
+        tt = torch.as_tensor(t, dtype=torch.float64, device=self.means.device)
         a, s = sde.alpha(tt), sde.sigma(tt)
         covs = a**2 * self.covs + s**2 * torch.eye(self.dim, dtype=torch.float64)
         return GaussianMixture(a * self.means, covs, self.weights, self.event_shape)
 
     def log_prob_fn(self, sde: LinearSDE) -> Fn:
         r"""``(x, t) -> log p_t(x)`` per sample, batched over ``x`` and ``t``."""
+        self._require_linear(sde)
 
         def log_prob(x: Tensor, t: TimeLike) -> Tensor:
             return self._log_prob(self._flat(x), *self._perturbation(sde, x, t))
@@ -198,6 +213,7 @@ class GaussianMixture:
 
     def score_fn(self, sde: LinearSDE) -> Fn:
         r"""The exact score ``(x, t) -> grad_x log p_t(x)``, shaped like ``x``."""
+        self._require_linear(sde)
 
         def score(x: Tensor, t: TimeLike) -> Tensor:
             return self._score(self._flat(x), *self._perturbation(sde, x, t)).reshape(x.shape)
@@ -206,6 +222,7 @@ class GaussianMixture:
 
     def denoiser_fn(self, sde: LinearSDE) -> Fn:
         r"""The exact posterior mean :math:`E[x_0 \mid x_t] = (x_t + \sigma^2 \nabla\log p_t)/\alpha` (Tweedie)."""
+        self._require_linear(sde)
         score = self.score_fn(sde)
 
         def denoise(x: Tensor, t: TimeLike) -> Tensor:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from scoresde._tensor import TimeLike, append_dims, as_time
+from scoresde._tensor import TimeLike, append_dims
 from scoresde.sde.base import LinearSDE
 
 
@@ -39,7 +39,7 @@ class ScoreModel(nn.Module):
         )
 
     def forward(self, x: Tensor, t: TimeLike) -> Tensor:
-        t = as_time(t, x)
+        t = self.sde.step_time(t, x)
         out = self.net(x, t)
         if out.shape != x.shape:
             raise ValueError(f"net output shape {tuple(out.shape)} differs from input shape {tuple(x.shape)}")

@@ -7,7 +7,7 @@ from scipy.stats import multivariate_normal
 
 import scoresde as sd
 
-from .conftest import mixture
+from .conftest import PlainOU, mixture
 
 
 @pytest.mark.parametrize("dim", [2, 16])
@@ -166,3 +166,56 @@ def test_bad_inputs():
         gmm.sample(0)
     with pytest.raises(ValueError, match=r"t must lie in \[0, T=1.0\], got 2.0"):
         gmm.marginal(sd.VPSDE(), 2.0)
+    with pytest.raises(TypeError, match=r"t must be a number or a tensor, got str '0.5'"):
+        gmm.marginal(sd.VPSDE(), "0.5")
+
+
+def test_per_sample_times_match_one_marginal_per_sample(sde):
+    """log_prob_fn and score_fn with a (batch,) t: sample i sees p_{t_i}, the mixture that
+    marginal(sde, t_i) builds (anisotropic covariances, so mixing up the times shows)."""
+    gmm = mixture(3)
+    x = torch.randn(5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    t = torch.tensor([0.05, 0.3, 0.5, 0.6, 1.0], dtype=torch.float64) * sde.T
+    log_p, score = gmm.log_prob_fn(sde)(x, t), gmm.score_fn(sde)(x, t)
+    for i in range(5):
+        p_i = gmm.marginal(sde, t[i])
+        torch.testing.assert_close(log_p[i : i + 1], p_i.log_prob(x[i : i + 1]), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(score[i : i + 1], p_i.score(x[i : i + 1]), rtol=1e-10, atol=1e-12)
+
+
+def test_marginal_takes_a_0d_tensor_time():
+    gmm, sde = mixture(2), sd.VPSDE()
+    x = torch.randn(4, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(gmm.marginal(sde, torch.tensor(0.5)).log_prob(x), gmm.marginal(sde, 0.5).log_prob(x))
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "match"),
+    [
+        (lambda g: g.marginal(sd.VPSDE(), torch.tensor([0.5, 0.6])), ValueError,
+         r"marginal takes one time \(a number or a 0-d tensor\), got a tensor of shape \(2,\): "
+         r"for per-sample times use log_prob_fn\(sde\)\(x, t\) or score_fn"),
+        (lambda g: g.marginal(sd.VPSDE(), torch.tensor([0.5, 0.6, 0.7])), ValueError,
+         r"marginal takes one time .* shape \(3,\)"),
+        (lambda g: g.marginal(sd.VPSDE(), torch.tensor(2.0)), ValueError,
+         r"t must lie in \[0, T=1.0\], got values in \[2.0, 2.0\]"),
+        (lambda g: g.score_fn(sd.VPSDE())(torch.zeros(4, 2), 2.0), ValueError, r"t must lie in \[0, T=1.0\], got 2.0"),
+        (lambda g: g.log_prob_fn(sd.VPSDE())(torch.zeros(4, 2), float("nan")), ValueError,
+         r"t must lie in \[0, T=1.0\], got nan"),
+        (lambda g: g.denoiser_fn(sd.VESDE())(torch.zeros(4, 2), -1.0), ValueError,
+         r"t must lie in \[0, T=1.0\], got -1.0"),
+        (lambda g: g.score_fn(sd.VPSDE())(torch.zeros(4, 2), "1"), TypeError,
+         r"t must be a number or a tensor, got str '1'"),
+        (lambda g: g.score_fn(sd.VPSDE())(torch.zeros(4, 2, dtype=torch.complex64), 0.5), TypeError,
+         r"x must be a floating-point tensor, got torch.complex64"),
+        (lambda g: g.score_fn(PlainOU()), TypeError, r"the perturbed mixture needs a LinearSDE .* got PlainOU"),
+        (lambda g: g.marginal(PlainOU(), 0.5), TypeError, r"needs a LinearSDE .* got PlainOU"),
+        (lambda g: g.sample(4, generator=42), TypeError, r"generator must be a torch.Generator .* got int 42"),
+        (lambda g: g.sample(4, dtype=torch.long), TypeError,
+         r"dtype must be a real floating-point torch.dtype .* got torch.int64"),
+        (lambda g: g.sample(4, device="gpu"), ValueError, r"device must name a torch device .* got 'gpu'"),
+    ],
+)  # fmt: skip
+def test_bad_times_and_arguments(call, error, match):
+    with pytest.raises(error, match=match):
+        call(mixture(2))

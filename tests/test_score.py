@@ -62,3 +62,11 @@ def test_adapter_errors():
     model = sd.EpsilonScore(Oracle(lambda x, t: x[:, :1]), sd.VPSDE())
     with pytest.raises(ValueError, match=r"net output shape \(3, 1\) differs from input shape \(3, 2\)"):
         model(torch.zeros(3, 2), 0.5)
+
+
+def test_adapters_check_number_times_and_states():
+    model = sd.EpsilonScore(Oracle(lambda x, t: x), sd.VPSDE())
+    with pytest.raises(ValueError, match=r"t must lie in \[0, T=1.0\], got 2.0"):
+        model(torch.zeros(4, 2), 2.0)
+    with pytest.raises(TypeError, match=r"x must be a floating-point tensor, got dtype torch.int64"):
+        model(torch.zeros(4, 2, dtype=torch.long), 0.5)

@@ -7,7 +7,7 @@ import torchsde
 import scoresde as sd
 from scoresde._tensor import append_dims
 
-from .conftest import mixture
+from .conftest import PlainOU, mixture
 
 
 def interior_times(sde, n=7, dtype=torch.float64):
@@ -291,3 +291,115 @@ def test_bad_times_and_shapes():
         sde.prior_sample((3,))
     with pytest.raises(ValueError, match=r"z must be \(batch, \*event\), got shape \(3,\)"):
         sde.prior_log_prob(torch.zeros(3))
+
+
+# --- argument checks at the boundary (issue 14) --------------------------------------------
+
+
+def test_schedule_functions_take_numbers(sde):
+    """A number is a float64 0-d time: the same values as the tensor it stands for."""
+    t = 0.4 * sde.T
+    tt = torch.tensor(t, dtype=torch.float64)
+    for name in ("alpha", "log_alpha", "sigma", "log_snr", "drift_coef", "diffusion"):
+        value = getattr(sde, name)(t)
+        assert value.dtype == torch.float64 and value.ndim == 0, name
+        torch.testing.assert_close(value, getattr(sde, name)(tt), rtol=0, atol=0)
+    assert PlainOU().diffusion(0.5) == 1.0  # a user's SDE gets the same
+
+
+@pytest.mark.parametrize("name", ["alpha", "sigma", "log_snr", "diffusion"])
+def test_schedule_functions_check_numbers(name):
+    sde = sd.VPSDE()
+    with pytest.raises(ValueError, match=r"t must lie in \[0, T=1.0\], got 2.0"):
+        getattr(sde, name)(2.0)
+    with pytest.raises(TypeError, match=r"t must be a number or a tensor, got str '0.5'"):
+        getattr(sde, name)("0.5")
+
+
+X = torch.zeros(3, 2)
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "match"),
+    [
+        # times: a number is always checked, in every method
+        (lambda sde: sde.drift(X, 2.0), ValueError, r"t must lie in \[0, T=1.0\], got 2.0"),
+        (lambda sde: sde.drift(X, float("nan")), ValueError, r"t must lie in \[0, T=1.0\], got nan"),
+        (lambda sde: sde.drift(X, -0.1), ValueError, r"t must lie in \[0, T=1.0\], got -0.1"),
+        (lambda sde: sde.discretize(X, 1.5, 0.1), ValueError, r"t must lie in \[0, T=1.0\], got 1.5"),
+        (lambda sde: sde.reverse(lambda x, t: x).drift(X, 2.0), ValueError, r"t must lie in \[0, T=1.0\], got 2.0"),
+        (lambda sde: sde.reverse(lambda x, t: x).discretize(X, 2.0, 0.1), ValueError,
+         r"t must lie in \[0, T=1.0\], got 2.0"),
+        (lambda sde: sde.probability_flow(lambda x, t: x).velocity(X, float("inf")), ValueError,
+         r"t must lie in \[0, T=1.0\], got inf"),
+        (lambda sde: sde.marginal(X, "0.5"), TypeError, r"t must be a number or a tensor, got str '0.5'"),
+        (lambda sde: sde.marginal(X, True), TypeError, r"t must be a number or a tensor, got bool True"),
+        (lambda sde: sde.marginal(X, None), TypeError, r"t must be a number or a tensor, got NoneType None"),
+        (lambda sde: sde.marginal(X, torch.full((3,), 0.5j)), TypeError,
+         r"t must be a real tensor, got dtype torch.complex64"),
+        (lambda sde: sde.drift(X, torch.ones(3, dtype=torch.bool)), TypeError,
+         r"t must be a real tensor, got dtype torch.bool"),
+        (lambda sde: sde.transition(X, 0.1, "0.5"), TypeError, r"t must be a number or a tensor, got str"),
+        # states: real floating point only
+        (lambda sde: sde.marginal(torch.ones(3, 2, dtype=torch.long), 0.5), TypeError,
+         r"x0 must be a floating-point tensor, got dtype torch.int64"),
+        (lambda sde: sde.marginal(torch.ones(3, 2, dtype=torch.complex64), 0.5), TypeError,
+         r"x0 must be a floating-point tensor, got dtype torch.complex64"),
+        (lambda sde: sde.transition(torch.ones(3, 2, dtype=torch.int32), 0.1, 0.5), TypeError,
+         r"x_s must be a floating-point tensor, got dtype torch.int32"),
+        (lambda sde: sde.drift(torch.ones(3, 2, dtype=torch.long), 0.5), TypeError,
+         r"x must be a floating-point tensor, got dtype torch.int64"),
+        (lambda sde: sde.drift([[1.0, 2.0]], 0.5), TypeError, r"x must be a floating-point tensor, got list"),
+        (lambda sde: sde.prior_log_prob(torch.zeros(3, 2, dtype=torch.long)), TypeError,
+         r"z must be a floating-point tensor, got dtype torch.int64"),
+        # the prior draw: dtype, generator, device
+        (lambda sde: sde.prior_sample((3, 2), dtype=torch.long), TypeError,
+         r"dtype must be a real floating-point torch.dtype .* got torch.int64"),
+        (lambda sde: sde.prior_sample((3, 2), dtype=torch.complex128), TypeError,
+         r"dtype must be a real floating-point torch.dtype .* got torch.complex128"),
+        (lambda sde: sde.prior_sample((3, 2), generator=42), TypeError,
+         r"generator must be a torch.Generator \(e.g. torch.Generator\(\).manual_seed\(0\)\) or None, got int 42"),
+        (lambda sde: sde.prior_sample((3, 2), device="gpu"), ValueError,
+         r"device must name a torch device \(e.g. 'cpu', 'cuda:0'\), got 'gpu'"),
+        (lambda sde: sde.prior_sample(3), ValueError, r"shape must be \(batch, \*event\), got 3"),
+    ],
+)  # fmt: skip
+def test_bad_arguments_are_named(call, error, match):
+    with pytest.raises(error, match=match):
+        call(sd.VPSDE())
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_unavailable_device_is_named():
+    with pytest.raises(ValueError, match=r"device 'cuda' is not available here \(.*CUDA"):
+        sd.VPSDE().prior_sample((3, 2), device="cuda")
+
+
+def test_time_zero_and_T_are_valid(sde):
+    x0 = torch.ones(3, 2, dtype=torch.float64)
+    mean, std = sde.marginal(x0, 0)
+    torch.testing.assert_close(mean, x0)
+    torch.testing.assert_close(std, torch.zeros(3, dtype=torch.float64))
+    mean, std = sde.marginal(x0, sde.T)
+    torch.testing.assert_close(std, sde.sigma(torch.full((3,), sde.T, dtype=torch.float64)))
+    assert sde.drift(x0, sde.T).shape == x0.shape
+
+
+def test_per_step_methods_do_not_read_tensor_times_on_the_host(sde, monkeypatch):
+    """Solvers call these every step with tensor times: checking their values would be a host
+    sync per step, so only their type is checked (a sampler has checked its grid up front)."""
+    x = torch.randn(4, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    t = torch.full((4,), 0.5 * sde.T, dtype=torch.float64)
+    score = mixture(2).score_fn(sde)
+
+    def no_sync(*args):
+        raise AssertionError("a tensor's value was read on the host")
+
+    for name in ("__bool__", "item", "tolist", "__float__", "__int__"):
+        monkeypatch.setattr(torch.Tensor, name, no_sync)
+    sde.drift(x, t)
+    sde.diffusion(t)
+    sde.discretize(x, t, 0.01)
+    sde.reverse(score).drift(x, t)
+    sde.reverse(score).discretize(x, t, 0.01)
+    sde.probability_flow(score).velocity(x, t)

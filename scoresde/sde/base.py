@@ -11,13 +11,18 @@ one-step discretisation all follow. Exponential-integrator and ancestral sampler
 
 Conventions: ``x`` is ``(batch, *event)``; ``t`` is a number or a ``(batch,)`` tensor; the
 schedule functions (``log_alpha``, ``sigma``, ``log_snr``, ``drift_coef``, ``diffusion``) take
-a time tensor and return a tensor of the same shape. They do no value checks, so solvers can
-call them every step without a host sync; the methods taking ``x`` (``marginal``,
-``transition``) check that ``t`` lies in ``[0, T]`` once, at the boundary.
+a time tensor (or a number, taken as a float64 0-d tensor) and return a tensor of the same
+shape.
+
+Times are checked without a host sync wherever a solver may call every step: a number must lie
+in ``[0, T]`` (checked always, for free), a tensor must be real (metadata only) and its values
+are trusted. The methods a user calls once, ``marginal`` and ``transition``, also check a
+tensor's values (one sync). ``x`` must be a real floating-point tensor everywhere.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -26,7 +31,16 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from scoresde._tensor import TimeLike, append_dims, as_time
+from scoresde._tensor import (
+    TimeLike,
+    append_dims,
+    as_time,
+    check_device,
+    check_float,
+    check_float_dtype,
+    check_generator,
+    check_time,
+)
 
 if TYPE_CHECKING:
     from scoresde.sde.reverse import ProbabilityFlowODE, ReverseSDE
@@ -40,6 +54,24 @@ def _check_number(name: str, value: float, *, positive: bool = False) -> float:
     if positive and value <= 0:
         raise ValueError(f"{name} must be > 0, got {value!r}")
     return float(value)
+
+
+# The schedule functions of the time alone, which also take a number (checked against [0, T]).
+_TIME_FUNCTIONS = frozenset({"diffusion", "log_alpha", "sigma", "alpha", "log_snr", "drift_coef", "beta"})
+
+
+def _taking_numbers(fn: Callable[[SDE, Tensor], Tensor]) -> Callable[[SDE, TimeLike], Tensor]:
+    """``fn(self, t)`` that also takes a number ``t`` in ``[0, T]``, as a float64 0-d tensor."""
+
+    @functools.wraps(fn)
+    def wrapper(self: SDE, t: TimeLike) -> Tensor:
+        if not isinstance(t, Tensor):
+            check_time(t, self.T)
+            t = torch.tensor(float(t), dtype=torch.float64)
+        return fn(self, t)
+
+    wrapper._takes_numbers = True  # type: ignore[attr-defined]
+    return wrapper
 
 
 class SDE(ABC):
@@ -58,6 +90,14 @@ class SDE(ABC):
         if not 0 <= self.t_min < self.T:
             raise ValueError(f"need 0 <= t_min < T, got t_min={t_min!r}, T={T!r}")
         self._prior_std = _check_number("prior_std", prior_std, positive=True)
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        # every subclass's schedule functions (a user's too) take numbers as well as tensors
+        super().__init_subclass__(**kwargs)
+        for name in _TIME_FUNCTIONS & cls.__dict__.keys():
+            fn = cls.__dict__[name]
+            if callable(fn) and not getattr(fn, "_takes_numbers", False):
+                setattr(cls, name, _taking_numbers(fn))
 
     @abstractmethod
     def drift(self, x: Tensor, t: TimeLike) -> Tensor:
@@ -81,13 +121,17 @@ class SDE(ABC):
         dtype: torch.dtype | None = None,
     ) -> Tensor:
         """Draw ``shape = (batch, *event)`` from the prior."""
-        if len(shape) < 2:
+        if not isinstance(shape, (tuple, list, torch.Size)) or len(shape) < 2:
             raise ValueError(f"shape must be (batch, *event), got {shape!r}")
+        check_float_dtype(dtype)
+        check_generator(generator)
+        device = check_device(device)
         z = torch.randn(shape, generator=generator, device=device, dtype=dtype)
         return z * self.prior_std
 
     def prior_log_prob(self, z: Tensor) -> Tensor:
         r""":math:`\log \mathcal N(z; 0, \text{prior\_std}^2 I)` per sample, shape ``(batch,)``."""
+        check_float(z, "z")
         if z.ndim < 2:
             raise ValueError(f"z must be (batch, *event), got shape {tuple(z.shape)}")
         d = z[0].numel()
@@ -98,23 +142,25 @@ class SDE(ABC):
         r"""One step over ``[t, t + dt]`` as :math:`x + f_i + G_i z`: returns ``(f_i, G_i)`` with
         ``f_i`` like ``x`` and ``G_i`` of shape ``(batch,)``. Euler–Maruyama here;
         :class:`LinearSDE` uses its exact Gaussian kernel."""
-        t = as_time(t, x)
+        t = self.step_time(t, x)
         dt = as_time(dt, x)
         return self.drift(x, t) * append_dims(dt, x.ndim).to(x.dtype), (
             self.diffusion(t) * dt.sqrt()
         ).to(x.dtype)
 
     def check_time(self, t: TimeLike, name: str = "t") -> None:
-        """Raise ``ValueError`` unless every value of ``t`` lies in ``[0, T]`` (a host sync for a
-        tensor: call it once at a boundary, not every step)."""
-        if isinstance(t, Tensor):
-            if not torch.isfinite(t).all() or (t < 0).any() or (t > self.T).any():
-                raise ValueError(
-                    f"{name} must lie in [0, T={self.T}], got values in "
-                    f"[{t.min().item()}, {t.max().item()}]"
-                )
-        elif not 0 <= t <= self.T:
-            raise ValueError(f"{name} must lie in [0, T={self.T}], got {t!r}")
+        """Raise ``TypeError`` unless ``t`` is a real number or tensor and ``ValueError`` unless
+        every value lies in ``[0, T]`` (a host sync for a tensor: call it once at a boundary, not
+        every step)."""
+        check_time(t, self.T, name)
+
+    def step_time(self, t: TimeLike, x: Tensor, name: str = "t") -> Tensor:
+        """``t`` as a ``(batch,)`` time tensor for the state ``x``, checked as the per-step methods
+        check it (no host sync): ``x`` real floating-point, a number in ``[0, T]``, a tensor
+        real (its values trusted)."""
+        check_float(x, "x")
+        check_time(t, self.T, name, values=False)
+        return as_time(t, x)
 
     def reverse(self, score_fn: ScoreFn) -> ReverseSDE:
         """The reverse-time SDE driven by ``score_fn`` (Anderson 1982)."""
@@ -179,7 +225,7 @@ class LinearSDE(SDE):
 
         Bisection (64 halvings, no host sync); subclasses give closed forms, and with one the
         adaptive probability-flow solvers run on the reference VP clock
-        (:mod:`scoresde.solvers.clock`)."""
+        (:mod:`scoresde.solvers.flow`)."""
         lo = torch.zeros_like(lam)
         hi = torch.full_like(lam, self.T)
         for _ in range(64):
@@ -199,11 +245,12 @@ class LinearSDE(SDE):
         return (dvar - 2 * self.drift_coef(t) * self.sigma(t).square()).clamp_min(0).sqrt()
 
     def drift(self, x: Tensor, t: TimeLike) -> Tensor:
-        return append_dims(self.drift_coef(as_time(t, x)), x.ndim).to(x.dtype) * x
+        return append_dims(self.drift_coef(self.step_time(t, x)), x.ndim).to(x.dtype) * x
 
     def marginal(self, x0: Tensor, t: TimeLike) -> tuple[Tensor, Tensor]:
         r"""Mean and std of :math:`p_t(x \mid x_0)`: ``(alpha(t) x0, sigma(t))``, the mean shaped like
         ``x0`` and the std ``(batch,)``."""
+        check_float(x0, "x0")
         self.check_time(t)
         t = as_time(t, x0)
         return append_dims(self.alpha(t), x0.ndim).to(x0.dtype) * x0, self.sigma(t).to(x0.dtype)
@@ -221,6 +268,7 @@ class LinearSDE(SDE):
 
     def transition(self, x_s: Tensor, s: TimeLike, t: TimeLike) -> tuple[Tensor, Tensor]:
         """Mean (like ``x_s``) and std ``(batch,)`` of :math:`p(x_t \\mid x_s)` for ``0 <= s <= t <= T``."""
+        check_float(x_s, "x_s")
         self.check_time(s, "s")
         self.check_time(t, "t")
         s, t = as_time(s, x_s), as_time(t, x_s)
@@ -232,6 +280,6 @@ class LinearSDE(SDE):
     def discretize(self, x: Tensor, t: TimeLike, dt: TimeLike) -> tuple[Tensor, Tensor]:
         """The exact Gaussian step over ``[t, t + dt]``: ``f_i = (a - 1) x``, ``G_i = v`` with
         ``(a, v)`` from :meth:`transition_coefs`."""
-        t = as_time(t, x)
+        t = self.step_time(t, x)
         scale, std = self.transition_coefs(t, t + as_time(dt, x))
         return append_dims(scale - 1, x.ndim).to(x.dtype) * x, std.to(x.dtype)

@@ -29,7 +29,7 @@ class _ScoreDriven:
         self.score_fn = score_fn
 
     def _drift(self, x: Tensor, t: TimeLike, weight: float) -> Tensor:
-        t = as_time(t, x)
+        t = self.sde.step_time(t, x)
         g2 = append_dims(self.sde.diffusion(t).square(), x.ndim).to(x.dtype)
         return self.sde.drift(x, t) - weight * g2 * self.score_fn(x, t)
 
@@ -50,7 +50,7 @@ class ReverseSDE(_ScoreDriven):
         from the forward discretisation ``(f_i, G_i)`` over ``[t - dt, t]`` (Song et al.'s
         reverse-diffusion predictor). Returns ``(drift_term, G_i)``; the step is
         ``x + drift_term + G_i z``."""
-        t = as_time(t, x)
+        t = self.sde.step_time(t, x)
         dt = as_time(dt, x)
         f, g = self.sde.discretize(x, t - dt, dt)
         return -f + append_dims(g.square(), x.ndim) * self.score_fn(x, t), g
