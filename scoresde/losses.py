@@ -21,7 +21,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from scoresde._tensor import append_dims, as_time
+from scoresde._tensor import append_dims, as_time, check_float, check_generator
 from scoresde.sde.base import LinearSDE
 
 WEIGHTINGS = ("sigma2", "likelihood", "none")
@@ -44,6 +44,28 @@ def sample_time(
     lam_hi = sde.log_snr(torch.tensor(sde.t_min, device=device, dtype=dtype))
     lam_lo = sde.log_snr(torch.tensor(sde.T, device=device, dtype=dtype))
     return sde.inverse_log_snr(lam_lo + (lam_hi - lam_lo) * u).clamp(sde.t_min, sde.T)
+
+
+def _check_model_sde(model: Callable[[Tensor, Tensor], Tensor], sde: LinearSDE) -> None:
+    """Refuse a score adapter (:mod:`scoresde.score`) built for another SDE than ``sde``: it
+    would convert the network's output with one kernel while the loss perturbs with another.
+    The same object passes at once; another one must have the same ``T`` and the same
+    ``alpha``, ``sigma`` at a few times (float64 on the CPU, no device sync)."""
+    model_sde = getattr(model, "sde", None)
+    if not isinstance(model_sde, LinearSDE) or model_sde is sde:
+        return
+    same = model_sde.T == sde.T
+    if same:
+        t = torch.linspace(sde.t_min, sde.T, 5, dtype=torch.float64)
+        same = all(
+            torch.allclose(a, b, rtol=1e-6, atol=1e-12)
+            for a, b in ((model_sde.alpha(t), sde.alpha(t)), (model_sde.sigma(t), sde.sigma(t)))
+        )
+    if not same:
+        raise ValueError(
+            f"the model converts its output with {model_sde!r} but dsm_loss got sde={sde!r}: "
+            "train a score model against the SDE it was built with"
+        )
 
 
 def dsm_loss(
@@ -86,10 +108,15 @@ def dsm_loss(
         raise ValueError(f"time_sampling='importance' is for weighting='likelihood', got weighting={weighting!r}")
     if reduction not in ("mean", "sum"):
         raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+    check_float(x0, "x0")
     if x0.ndim < 2:
         raise ValueError(f"x0 must be (batch, *event), got shape {tuple(x0.shape)}")
-    if noise is not None and noise.shape != x0.shape:
-        raise ValueError(f"noise shape {tuple(noise.shape)} differs from x0 shape {tuple(x0.shape)}")
+    if noise is not None:
+        check_float(noise, "noise")
+        if noise.shape != x0.shape:
+            raise ValueError(f"noise shape {tuple(noise.shape)} differs from x0 shape {tuple(x0.shape)}")
+    check_generator(generator)
+    _check_model_sde(model, sde)
 
     importance = time_sampling == "importance" and t is None
     if t is None:
@@ -106,7 +133,11 @@ def dsm_loss(
     alpha, sigma = sde.alpha(t), sde.sigma(t)
     x_t = append_dims(alpha, x0.ndim).to(x0.dtype) * x0 + append_dims(sigma, x0.ndim).to(x0.dtype) * noise
     # sigma^2 ||s + eps/sigma||^2 = ||sigma s + eps||^2: the sigma2-weighted residual
-    resid = append_dims(sigma, x0.ndim).to(x0.dtype) * model(x_t, t) + noise
+    score = model(x_t, t)
+    if not isinstance(score, Tensor) or score.shape != x_t.shape:
+        got = tuple(score.shape) if isinstance(score, Tensor) else type(score).__name__
+        raise ValueError(f"the model returned {got} for x of shape {tuple(x_t.shape)}; it must match x")
+    resid = append_dims(sigma, x0.ndim).to(x0.dtype) * score + noise
     err = resid.square().flatten(1)
     err = err.mean(1) if reduction == "mean" else err.sum(1)
 

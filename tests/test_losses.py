@@ -143,3 +143,49 @@ def test_bad_sde_and_data():
         sd.dsm_loss(lambda x, t: x, OrnsteinUhlenbeck(), torch.zeros(4, 2))
     with pytest.raises(ValueError, match=r"x0 must be \(batch, \*event\), got shape \(4,\)"):
         sd.dsm_loss(lambda x, t: x, sd.VPSDE(), torch.zeros(4))
+
+
+class Zero(torch.nn.Module):
+    def forward(self, x, t):
+        return torch.zeros_like(x)
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "match"),
+    [
+        (lambda: sd.dsm_loss(sd.EpsilonScore(Zero(), sd.VPSDE()), sd.VESDE(), torch.zeros(4, 2)), ValueError,
+         r"the model converts its output with VPSDE\(.*\) but dsm_loss got sde=VESDE\(sigma_min=0.01, "
+         r"sigma_max=50.0.*\): train a score model against the SDE it was built with"),
+        (lambda: sd.dsm_loss(sd.EpsilonScore(Zero(), sd.VPSDE()), sd.VPSDE(beta_max=10.0), torch.zeros(4, 2)),
+         ValueError, r"with VPSDE\(beta_min=0.1, beta_max=20.0.* got sde=VPSDE\(beta_min=0.1, beta_max=10.0"),
+        (lambda: sd.dsm_loss(sd.DataScore(Zero(), sd.VPSDE()), sd.SubVPSDE(), torch.zeros(4, 2)), ValueError,
+         r"got sde=SubVPSDE"),
+        (lambda: sd.dsm_loss(lambda x, t: x[:, :1], sd.VPSDE(), torch.zeros(4, 2)), ValueError,
+         r"the model returned \(4, 1\) for x of shape \(4, 2\); it must match x"),
+        (lambda: sd.dsm_loss(lambda x, t: x.sum(), sd.VPSDE(), torch.zeros(4, 2)), ValueError,
+         r"the model returned \(\) for x of shape \(4, 2\)"),
+        (lambda: sd.dsm_loss(lambda x, t: x, sd.VPSDE(), torch.zeros(4, 2, dtype=torch.long)), TypeError,
+         r"x0 must be a floating-point tensor, got dtype torch.int64"),
+        (lambda: sd.dsm_loss(lambda x, t: x, sd.VPSDE(), torch.zeros(4, 2, dtype=torch.complex64)), TypeError,
+         r"x0 must be a floating-point tensor, got dtype torch.complex64"),
+        (lambda: sd.dsm_loss(lambda x, t: x, sd.VPSDE(), torch.zeros(4, 2), noise=torch.zeros(4, 2, dtype=torch.long)),
+         TypeError, r"noise must be a floating-point tensor, got dtype torch.int64"),
+        (lambda: sd.dsm_loss(lambda x, t: x, sd.VPSDE(), torch.zeros(4, 2), generator=42), TypeError,
+         r"generator must be a torch.Generator .* got int 42"),
+    ],
+)  # fmt: skip
+def test_mismatched_models_and_inputs_are_refused(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+def test_a_model_passes_with_an_equal_sde_rebuilt_elsewhere():
+    """The same kernel from another object (e.g. rebuilt from a checkpoint's config) is accepted,
+    with the same loss as the model's own SDE."""
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(8, 2, generator=g), torch.randn(8, 2, generator=g)
+    t = torch.rand(8, generator=g) * 0.9 + 0.05
+    own = sd.VPSDE(schedule="cosine")
+    model = sd.EpsilonScore(Zero(), own)
+    same = sd.dsm_loss(model, own, x0, t=t, noise=noise)
+    torch.testing.assert_close(sd.dsm_loss(model, sd.VPSDE(schedule="cosine"), x0, t=t, noise=noise), same)
