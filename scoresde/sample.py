@@ -16,7 +16,11 @@ descending time grid to ``t_end`` (default the SDE's ``t_min``) and returns a
 * ``progress``: a tqdm bar over the steps.
 
 A state that becomes NaN or infinite raises :class:`~scoresde.solvers.NonFiniteError`
-naming the first bad step, checked once after the loop (no host sync per step).
+naming the first bad step. The fixed-step loops look every 32 steps and at the end (one host
+sync each, none per step), so a run that went NaN stops within 32 steps of it.
+
+``generator`` must be a ``torch.Generator``, ``device`` one this machine has, ``dtype`` (and
+``x_init``) real floating-point: each is checked up front with an error naming the value.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from scoresde._tensor import check_finite
+from scoresde._tensor import check_device, check_finite, check_float, check_float_dtype, check_generator
 from scoresde.progress import progress_bar
 from scoresde.sde.base import SDE, LinearSDE, ScoreFn
 from scoresde.solvers._common import (
@@ -39,7 +43,7 @@ from scoresde.solvers._common import (
     require_linear_sde,
     require_sde,
 )
-from scoresde.solvers.clock import flow_coordinates
+from scoresde.solvers.flow import flow_coordinates
 from scoresde.solvers.correctors import CORRECTORS, Corrector
 from scoresde.solvers.ode import LogSNRStepper
 from scoresde.solvers.odeint import ADAPTIVE_ODEINT_METHODS, ODEINT_METHODS, check_odeint_args, odeint
@@ -82,6 +86,9 @@ def _initial_state(
     device: torch.device | str | None,
     dtype: torch.dtype | None,
 ) -> Tensor:
+    check_generator(generator)
+    check_float_dtype(dtype)
+    device = check_device(device)
     if x_init is None:
         if shape is None:
             raise ValueError("give shape=(batch, *event) or x_init")
@@ -89,8 +96,7 @@ def _initial_state(
         if len(shape) < 2 or not all(isinstance(n, int) and n > 0 for n in shape):
             raise ValueError(f"shape must be (batch, *event) of positive ints, got {shape!r}")
         return sde.prior_sample(shape, generator=generator, device=device, dtype=dtype)
-    if not isinstance(x_init, Tensor) or not x_init.is_floating_point():
-        raise TypeError(f"x_init must be a floating-point tensor, got {type(x_init).__name__}")
+    check_float(x_init, "x_init")
     if x_init.ndim < 2:
         raise ValueError(f"x_init must be (batch, *event), got shape {tuple(x_init.shape)}")
     if shape is not None and tuple(shape) != tuple(x_init.shape):
@@ -170,14 +176,17 @@ def _run_grid(
     keep = save_mask.tolist()
     saved = [x] if keep[0] else []
     first_bad = FirstNonFinite()
+    what = f"the state of {desc} (step i goes from t_(i-1) to t_i of {num_steps})"
     with progress_bar(total=num_steps, enabled=progress, desc=desc) as bar:
         for i in range(num_steps):
             x = step(x, i, times[i], times[i + 1])
             first_bad.record(x, i + 1, times[i + 1])
+            if (i + 1) % first_bad.CHECK_EVERY == 0:  # one sync per CHECK_EVERY steps: stop soon after a NaN
+                first_bad.raise_if_any(what)
             if keep[i + 1]:
                 saved.append(x)
             bar.update()
-    first_bad.raise_if_any(f"the state of {desc} (step i goes from t_(i-1) to t_i of {num_steps})")
+    first_bad.raise_if_any(what)
     return x, saved
 
 
@@ -333,8 +342,8 @@ def sample_ode(
     *,
     method: str = "dopri5",
     num_steps: int | None = None,
-    rtol: float = 1e-5,
-    atol: float = 1e-5,
+    rtol: float | None = None,
+    atol: float | None = None,
     grid: str | None = None,
     t_end: float | None = None,
     timesteps: Tensor | Sequence[float] | None = None,
@@ -357,10 +366,13 @@ def sample_ode(
             (``"dopri5"``, ``"rk4"``, ...; adaptive ones use ``rtol``/``atol``, fixed-grid ones
             one step per grid interval).
         num_steps: steps for the fixed-step methods (an adaptive method refuses it).
+        rtol, atol: tolerances of the adaptive methods (default ``1e-5`` each). A fixed-step
+            method would ignore them, so it refuses them, as this library's solvers refuse
+            ``options``.
         grid: grid kind for ``num_steps`` (default ``"log_snr"`` for a LinearSDE, as
             DPM-Solver recommends, else ``"uniform"``).
         options: passed to torchdiffeq's ``odeint``. torchdiffeq methods integrate a linear
-            SDE's ODE in the reference VP coordinates of :mod:`scoresde.solvers.clock`.
+            SDE's ODE in the reference VP coordinates of :mod:`scoresde.solvers.flow`.
 
     :func:`~scoresde.encode` integrates the same ODE forward, from data to latent.
     """
@@ -371,6 +383,19 @@ def sample_ode(
         raise ValueError(f"method must be one of {(*ODE_STEPPERS, *ODEINT_METHODS)}, got {method!r}")
     stepper = ODE_STEPPERS[method](sde, score) if method in ODE_STEPPERS else None
     _check_denoise(sde, denoise)
+    if not adaptive:
+        ignored = [f"{name}={value!r}" for name, value in (("rtol", rtol), ("atol", atol)) if value is not None]
+        if ignored:
+            raise ValueError(
+                f"method={method!r} takes fixed steps and uses no tolerance: drop {', '.join(ignored)} "
+                f"or pick an adaptive method {ADAPTIVE_ODEINT_METHODS}"
+            )
+        if stepper is not None and options is not None:
+            raise ValueError(
+                f"options go to torchdiffeq; method={method!r} is this library's own and takes none, got {options!r}"
+            )
+    rtol = 1e-5 if rtol is None else rtol
+    atol = 1e-5 if atol is None else atol
     if stepper is None:
         check_odeint_args(method, rtol, atol)
     if adaptive:

@@ -9,6 +9,7 @@ import torch
 import scoresde as sd
 from scoresde.sample import SDE_METHODS, sample_ode, sample_pc, sample_sde
 from scoresde.solvers import NonFiniteError
+from scoresde.solvers._common import FirstNonFinite
 from tests.conftest import SDE_FACTORIES, PlainOU, mixture_16d, separated_mixture_2d
 
 T_END = 1e-3
@@ -322,6 +323,44 @@ def test_non_finite_state_names_the_step(run, match):
         run(nan_below(sde, 0.55), sde)
 
 
+def nan_from_call(n):
+    """A score that returns NaN from its ``n``-th call on, with its call count."""
+    score = separated_mixture_2d().score_fn(sd.VPSDE(t_min=1e-3))
+    calls = []
+
+    def broken(x, t):
+        calls.append(1)
+        return score(x, t) * (math.nan if len(calls) >= n else 1.0)
+
+    return broken, calls
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("run", "calls_per_step", "match"),
+    [
+        (lambda s, sde: sample_pc(s, sde, (8, 2), num_steps=1000), 2,
+         r"sample_pc\(reverse_diffusion, langevin\) .*of 1000\) became non-finite .* at step 2 \(t=0.998"),
+        (lambda s, sde: sample_ode(s, sde, (8, 2), method="euler", num_steps=1000, grid="uniform"), 1,
+         r"sample_ode\(euler\) .* at step 3 \(t=0.997"),
+        (lambda s, sde: sample_ode(s, sde, (8, 2), method="dpmpp_2m", num_steps=1000), 1,
+         r"sample_ode\(dpmpp_2m\) .* at step 3 "),
+        (lambda s, sde: sample_sde(s, sde, (8, 2), method="euler", num_steps=1000), 1,
+         r"sample_sde\(euler\) .* at step 3 \(t=0.997"),
+        (lambda s, sde: sample_sde(s, sde, (8, 2), method="torchsde_euler", num_steps=1000), 1,
+         r"drift \(torchsde euler\) became non-finite .* at drift evaluation 3 "),
+    ],
+)  # fmt: skip
+def test_non_finite_run_stops_within_a_bounded_number_of_steps(run, calls_per_step, match):
+    """NaN from the 3rd score call on: the run stops within CHECK_EVERY steps of it (not after
+    all 1000) and still names the first bad step exactly."""
+    sde = sd.VPSDE(t_min=1e-3)
+    broken, calls = nan_from_call(3)
+    with pytest.raises(NonFiniteError, match=match):
+        run(broken, sde)
+    assert len(calls) <= calls_per_step * FirstNonFinite.CHECK_EVERY
+
+
 def test_non_finite_denoising_step_is_reported():
     sde = sd.VPSDE(t_min=1e-3)
     with pytest.raises(ValueError, match="the denoised sample"):
@@ -376,6 +415,32 @@ def score_2d(x, t):
          ValueError, "end the grid at t_end > 0"),
         (lambda sde: sd.encode(score_2d, sde, torch.zeros(4, 2), method="ddim"), ValueError,
          "method must be one of"),
+        # a fixed-step method would ignore tolerances, and this library's ignore torchdiffeq options
+        (lambda sde: sample_ode(score_2d, sde, (4, 2), method="dpmpp_2m", num_steps=5, rtol=-1), ValueError,
+         r"method='dpmpp_2m' takes fixed steps and uses no tolerance: drop rtol=-1"),
+        (lambda sde: sample_ode(score_2d, sde, (4, 2), method="euler", num_steps=5, rtol=1e-3, atol=1e-3), ValueError,
+         r"method='euler' takes fixed steps .* drop rtol=0.001, atol=0.001"),
+        (lambda sde: sample_ode(score_2d, sde, (4, 2), method="rk4", num_steps=5, atol=1e-5), ValueError,
+         r"method='rk4' takes fixed steps .* drop atol=1e-05"),
+        (lambda sde: sample_ode(score_2d, sde, (4, 2), method="ddim", num_steps=5, options={"step_size": 0.1}),
+         ValueError, r"method='ddim' is this library's own and takes none, got \{'step_size': 0.1\}"),
+        # dtypes, generators and devices, named
+        (lambda sde: sample_pc(score_2d, sde, (4, 2), num_steps=3, dtype=torch.long), TypeError,
+         r"dtype must be a real floating-point torch.dtype .* got torch.int64"),
+        (lambda sde: sample_ode(score_2d, sde, (4, 2), dtype=torch.complex64), TypeError,
+         r"dtype must be a real floating-point torch.dtype .* got torch.complex64"),
+        (lambda sde: sample_sde(score_2d, sde, (4, 2), num_steps=3, dtype=torch.int32), TypeError,
+         r"dtype must be a real floating-point torch.dtype .* got torch.int32"),
+        (lambda sde: sample_ode(score_2d, sde, x_init=torch.zeros(4, 2, dtype=torch.long)), TypeError,
+         r"x_init must be a floating-point tensor, got dtype torch.int64"),
+        (lambda sde: sample_pc(score_2d, sde, x_init=torch.zeros(4, 2), num_steps=3, dtype=torch.long), TypeError,
+         r"dtype must be a real floating-point torch.dtype .* got torch.int64"),
+        (lambda sde: sample_pc(score_2d, sde, (4, 2), num_steps=3, generator=42), TypeError,
+         r"generator must be a torch.Generator .* got int 42"),
+        (lambda sde: sample_ode(score_2d, sde, (4, 2), generator=42), TypeError,
+         r"generator must be a torch.Generator .* got int 42"),
+        (lambda sde: sample_sde(score_2d, sde, (4, 2), num_steps=3, device="gpu0"), ValueError,
+         r"device must name a torch device .* got 'gpu0'"),
     ],
 )  # fmt: skip
 def test_errors(call, error, match):
@@ -385,3 +450,18 @@ def test_errors(call, error, match):
 
 def test_torchsde_methods_listed():
     assert SDE_METHODS == ("euler", "torchsde_euler", "milstein", "srk", "reversible_heun")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_unavailable_device_is_named():
+    with pytest.raises(ValueError, match=r"device 'cuda' is not available here"):
+        sample_pc(score_2d, sd.VPSDE(), (4, 2), num_steps=3, device="cuda")
+
+
+def test_fixed_grid_torchdiffeq_method_takes_options():
+    """torchdiffeq's fixed-grid methods use ``options`` (e.g. step_size), unlike tolerances."""
+    sde = sd.VPSDE()
+    x = sde.prior_sample((4, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    one = sample_ode(score_2d, sde, x_init=x, method="rk4", num_steps=2, t_end=T_END)
+    fine = sample_ode(score_2d, sde, x_init=x, method="rk4", num_steps=2, t_end=T_END, options={"step_size": 0.05})
+    assert fine.nfe > one.nfe

@@ -86,11 +86,17 @@ class NonFiniteError(FloatingPointError):
 
 class FirstNonFinite:
     """Remembers, on the device and without a host sync, whether each recorded state was finite;
-    :meth:`raise_if_any` does the one sync at the end of a run and names the first that was not.
-    Two kernels per record (``isfinite``, ``all``), since it runs at every evaluation; the flags
-    and times are stacked every :attr:`CHUNK` records, so a long run keeps a few tensors."""
+    :meth:`raise_if_any` does one sync and names the first that was not. Two kernels per record
+    (``isfinite``, ``all``), since it runs at every evaluation; the flags and times are stacked
+    every :attr:`CHUNK` records, so a long run keeps a few tensors.
+
+    A loop that owns its steps calls :meth:`raise_if_any` every :attr:`CHECK_EVERY` records as
+    well as at the end, so a run that went NaN stops within that many steps (one sync per
+    ``CHECK_EVERY`` steps, not per step); the records found finite are then dropped, so each
+    check looks only at the records since the last one."""
 
     CHUNK = 256
+    CHECK_EVERY = 32
 
     def __init__(self) -> None:
         self._indices: list[int] = []
@@ -107,6 +113,8 @@ class FirstNonFinite:
             self._finite, self._times = [], []
 
     def raise_if_any(self, what: str, unit: str = "step") -> None:
+        """Raise :class:`NonFiniteError` naming the first non-finite record since the last call
+        (one host sync), else forget those records."""
         if self._finite:
             self._stacked.append((torch.stack(self._finite), torch.stack(self._times)))
             self._finite, self._times = [], []
@@ -114,6 +122,7 @@ class FirstNonFinite:
             return
         finite = torch.cat([flags for flags, _ in self._stacked])
         if bool(finite.all()):
+            self._indices, self._stacked = [], []
             return
         first = int((~finite).nonzero()[0, 0])
         time = torch.cat([times for _, times in self._stacked])[first]

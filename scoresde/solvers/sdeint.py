@@ -42,7 +42,7 @@ class _ReverseTimeSDE(torch.nn.Module):
     noise_type = "diagonal"
 
     def __init__(
-        self, sde: SDE, score_fn: ScoreFn, t_start: float, x: Tensor, sde_type: str
+        self, sde: SDE, score_fn: ScoreFn, t_start: float, x: Tensor, sde_type: str, what: str
     ) -> None:
         super().__init__()
         self.sde = sde
@@ -52,6 +52,7 @@ class _ReverseTimeSDE(torch.nn.Module):
         self.sde_type = sde_type
         self.drift_calls = 0
         self.first_bad = FirstNonFinite()
+        self.what = what
 
     def _time(self, u: Tensor, y: Tensor) -> Tensor:
         return as_time(self.t_start - u, y)
@@ -62,6 +63,8 @@ class _ReverseTimeSDE(torch.nn.Module):
         t = self._time(u, y)
         out = -self.reverse.drift(x, t).reshape(y.shape)
         self.first_bad.record(out, self.drift_calls, t[0])
+        if self.drift_calls % self.first_bad.CHECK_EVERY == 0:  # stop a NaN run soon, one sync per check
+            self.first_bad.raise_if_any(self.what, unit="drift evaluation")
         return out
 
     def g(self, u: Tensor, y: Tensor) -> Tensor:
@@ -88,7 +91,8 @@ def sdeint_reverse_sde(
         raise ValueError(f"torchsde method must be one of {SDEINT_METHODS}, got {method!r}")
     batch, event_shape = x.shape[0], tuple(x.shape[1:])
     t_start = float(times[0])
-    func = _ReverseTimeSDE(sde, score_fn, t_start, x, "stratonovich" if method == "reversible_heun" else "ito")
+    what = f"the reverse-SDE drift (torchsde {method})"
+    func = _ReverseTimeSDE(sde, score_fn, t_start, x, "stratonovich" if method == "reversible_heun" else "ito", what)
     # in the state's dtype, with the Brownian interval's end read back from it: a float64 end
     # next to float32 times makes torchsde warn that it queries past the interval
     u = (t_start - times).to(device=x.device, dtype=x.dtype)
@@ -105,5 +109,5 @@ def sdeint_reverse_sde(
     )
     dt = float(u[-1]) / num_steps * _DT_STRETCH
     ys = torchsde.sdeint(func, y0, u, bm=brownian, method=method, dt=dt)
-    func.first_bad.raise_if_any(f"the reverse-SDE drift (torchsde {method})", unit="drift evaluation")
+    func.first_bad.raise_if_any(what, unit="drift evaluation")
     return ys.reshape(len(times), batch, *event_shape)
