@@ -6,7 +6,8 @@
     scoresde likelihood --checkpoint runs/digits/checkpoint.pt --split test
     scoresde demo --out runs/demo                                        # or demo --toy
 
-A mistake in a flag or a config is reported in one line and exit code 2.
+A mistake in a flag, a config or an output path is reported in one line and exit code 2,
+before any work is done; Ctrl-C says where the run stopped (exit code 130).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 
 import scoresde as sd
 from scoresde._atomic import atomic_write, atomic_write_text
+from scoresde._paths import check_output_file, check_output_folder
 from scoresde.checkpoint import load_checkpoint
 from scoresde.config import build_model, build_sde, load_config, load_data, load_run
 from scoresde.data import ring_mixture, to_levels
@@ -58,6 +60,16 @@ _TRAIN_FLAGS: list[tuple[str, str, str, Any, str]] = [
 ]
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive int, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive int, got {value}")
+    return value
+
+
 def _ints(text: str) -> list[int]:
     try:
         return [int(v) for v in text.split(",") if v.strip()]
@@ -77,10 +89,17 @@ def _flag_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 
 
 def run_training(
-    config: dict[str, Any], *, resume: bool = False, progress: bool = False
+    config: dict[str, Any], *, resume: bool | str | Path = False, progress: bool = False
 ) -> tuple[Trainer, TrainResult]:
     """Train the run described by ``config`` (see :mod:`scoresde.config`) under
     ``config["run"]["out"]``; joins a ``torchrun`` process group if there is one."""
+    trainer = build_trainer(config, resume=resume, progress=progress)
+    return trainer, trainer.train()
+
+
+def build_trainer(config: dict[str, Any], *, resume: bool | str | Path = False, progress: bool = False) -> Trainer:
+    """The :class:`Trainer` of the run described by ``config``, its data loaded and its model
+    built (``resume``: ``True`` or a checkpoint path, see :class:`Trainer`)."""
     device = resolve_device(config["run"]["device"])
     init_distributed(device)
     train_cfg = dict(config["train"])
@@ -88,26 +107,32 @@ def run_training(
     data, eval_data = load_data(config["data"], "train"), load_data(config["data"], "test")
     sde = build_sde(config["sde"])
     model = build_model(config["model"], data.image_shape, sde)
-    trainer = Trainer(model, sde, data, out_dir=config["run"]["out"], device=device, eval_data=eval_data,
-                      config=config, progress=progress, resume=resume, **train_cfg)  # fmt: skip
-    return trainer, trainer.train()
+    return Trainer(model, sde, data, out_dir=config["run"]["out"], device=device, eval_data=eval_data,
+                   config=config, progress=progress, resume=resume, **train_cfg)  # fmt: skip
 
 
 def _train(args: argparse.Namespace) -> None:
     overrides = _flag_overrides(args)
-    out = Path(overrides.get("run", {}).get("out") or load_config(args.config)["run"]["out"])
-    checkpoint = out / "checkpoint.pt"
+    resume_from = Path(args.resume) if isinstance(args.resume, str) else None
+    out = overrides.get("run", {}).get("out") or (resume_from.parent if resume_from else None)
+    out = check_output_folder(out or load_config(args.config)["run"]["out"], "--out")
+    checkpoint = resume_from or out / "checkpoint.pt"
     if args.resume:
-        if not checkpoint.exists():
+        if not checkpoint.is_file():
             raise FileNotFoundError(f"--resume: no checkpoint at {checkpoint}")
-        base = load_checkpoint(checkpoint)["config"]  # the run's own config; flags (e.g. --steps) still apply
+        base = load_checkpoint(checkpoint).get("config") or {}  # the run's own config; flags (e.g. --steps) apply
+        overrides.setdefault("run", {})["out"] = str(out)
         config = load_config(None, {**base, **{s: {**base.get(s, {}), **v} for s, v in overrides.items()}})
     else:
         if checkpoint.exists():
             raise ValueError(f"{out} already holds a run ({checkpoint}): pass --resume, or choose another --out")
         config = load_config(args.config, overrides)
     progress = sys.stderr.isatty() if args.progress is None else args.progress
-    trainer, result = run_training(config, resume=args.resume, progress=progress)
+    trainer = build_trainer(config, resume=checkpoint if args.resume else False, progress=progress)
+    try:
+        result = trainer.train()
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(_where_training_stopped(trainer, out)) from None
     if distributed_context()[0] == 0:
         last = result.evaluations[-1] if result.evaluations else {}
         bpd = f", test bits/dim {last['bpd']:.3f} ± {last['bpd_std_error']:.3f}" if "bpd" in last else ""
@@ -116,7 +141,19 @@ def _train(args: argparse.Namespace) -> None:
               f"checkpoint {result.checkpoint}, log {trainer.metrics_path}")  # fmt: skip
 
 
+def _where_training_stopped(trainer: Trainer, out: Path) -> str:
+    done = f"stopped after step {trainer.step} of {trainer.steps}"
+    if trainer.checkpoint_step is None:
+        return f"{done}, before the run's first checkpoint: the same command starts it afresh"
+    return (f"{done}; the last checkpoint, {trainer.checkpoint_path}, is of step {trainer.checkpoint_step}: "
+            f"continue with `scoresde train --out {out} --resume`")  # fmt: skip
+
+
 # ----------------------------------------------------------------------------- sample
+
+_DEFAULT_STEPS = {"pc": 500, "sde": 1000}
+"""Steps of each sampler when none are given (the ODE sampler is adaptive then)."""
+_DEFAULT_METHODS = {"ode": "dopri5", "sde": "euler"}
 
 
 def draw_samples(
@@ -126,59 +163,90 @@ def draw_samples(
     """One call to ``sample_pc`` / ``sample_ode`` / ``sample_sde`` with the command's defaults:
     PC = reverse diffusion + Langevin, 500 steps; ODE = dopri5 (``rtol = atol``); both end at
     t = 1e-3 with a denoising step (Song et al.); SDE = Euler–Maruyama, 1000 steps."""
+    if sampler not in ("pc", "ode", "sde"):
+        raise ValueError(f"sampler must be pc, ode or sde, got {sampler!r}")
+    num_steps = _DEFAULT_STEPS.get(sampler) if num_steps is None else num_steps
+    method = method or _DEFAULT_METHODS.get(sampler)
     common = {"generator": generator, "device": device}
     with torch.no_grad():
         if sampler == "pc":
-            return sd.sample_pc(model, sde, shape, num_steps=num_steps or 500, snr=snr, t_end=1e-3,
+            return sd.sample_pc(model, sde, shape, num_steps=num_steps, snr=snr, t_end=1e-3,
                                 corrector=None if corrector == "none" else corrector, **common)  # fmt: skip
         if sampler == "ode":
-            method = method or "dopri5"
-            tolerances = {} if num_steps else {"rtol": rtol, "atol": rtol}
+            tolerances = {} if num_steps is not None else {"rtol": rtol, "atol": rtol}
             return sd.sample_ode(model, sde, shape, method=method, num_steps=num_steps, t_end=1e-3, denoise=True,
                                  **tolerances, **common)  # fmt: skip
-        if sampler == "sde":
-            return sd.sample_sde(model, sde, shape, method=method or "euler", num_steps=num_steps or 1000, **common)
-    raise ValueError(f"sampler must be pc, ode or sde, got {sampler!r}")
+        return sd.sample_sde(model, sde, shape, method=method, num_steps=num_steps, **common)
+
+
+def _sample_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings of a ``sample`` command that change its result, defaults filled in (those a
+    sampler ignores left out)."""
+    sampler, steps = args.sampler, _DEFAULT_STEPS.get(args.sampler) if args.steps is None else args.steps
+    settings: dict[str, Any] = {"sampler": sampler}
+    if sampler == "pc":
+        settings.update(corrector=args.corrector, **({"snr": args.snr} if args.corrector != "none" else {}))
+    else:
+        settings["method"] = args.method or _DEFAULT_METHODS[sampler]
+    settings.update({"steps": steps} if steps is not None else {"rtol": args.rtol})
+    return {**settings, "num": args.num, "seed": args.seed, "ema": not args.no_ema}
+
+
+def _sample_stem(settings: dict[str, Any], step: int) -> str:
+    """The file name (without suffix) of samples drawn with ``settings`` from a checkpoint of
+    training step ``step``, e.g. ``pc-langevin-snr0.16-500steps-n64-seed0-ckpt2000``."""
+    parts = [settings["sampler"], settings.get("corrector") or settings["method"]]
+    if "snr" in settings:
+        parts.append(f"snr{settings['snr']:g}")
+    parts.append(f"{settings['steps']}steps" if "steps" in settings else f"rtol{settings['rtol']:g}")
+    parts += [f"n{settings['num']}", f"seed{settings['seed']}", f"ckpt{step}"]
+    return "-".join(parts) + ("" if settings["ema"] else "-raw")
 
 
 def _sample(args: argparse.Namespace) -> None:
+    out = check_output_folder(args.out or Path(args.checkpoint).parent / "samples", "--out")
     device = resolve_device(args.device)
     model, sde, _, step = load_run(args.checkpoint, device, ema=not args.no_ema)
     state = load_checkpoint(args.checkpoint)
     num_levels, shape = state["num_levels"], (args.num, *state["event_shape"])
-    if args.num < 1:
-        raise ValueError(f"--num must be a positive int, got {args.num}")
+    settings = _sample_settings(args)
+    stem = out / _sample_stem(settings, step)
+    for path in _sample_paths(stem):
+        check_output_file(path, "--out")
     gen = torch.Generator(device).manual_seed(args.seed)
     result = draw_samples(
         model, sde, shape, sampler=args.sampler, num_steps=args.steps, method=args.method, snr=args.snr,
         corrector=args.corrector, rtol=args.rtol, generator=gen, device=device,
     )  # fmt: skip
-    out = Path(args.out) if args.out else Path(args.checkpoint).parent / "samples"
     levels = to_levels(result.x, num_levels)
-    png, tensors = _save_samples(levels, num_levels, out / f"{args.sampler}_seed{args.seed}")
-    record = {"x": result.x.cpu(), "levels": levels.cpu(), "nfe": result.nfe, "sampler": args.sampler, "step": step}
+    png, tensors = _save_samples(levels, num_levels, stem)
+    record = {"x": result.x.cpu(), "levels": levels.cpu(), "nfe": result.nfe, "step": step, **settings}
     atomic_write(tensors, lambda f: torch.save(record, f))
     print(f"{args.num} samples ({args.sampler}, NFE {result.nfe}) from step {step}: {png}, {tensors}")
+
+
+def _sample_paths(stem: Path) -> tuple[Path, Path]:
+    """``stem.png`` and ``stem.pt`` (a suffix appended: the stem may hold dots, as in snr0.16)."""
+    return stem.with_name(stem.name + ".png"), stem.with_name(stem.name + ".pt")
 
 
 def _save_samples(levels: torch.Tensor, num_levels: int, stem: Path) -> tuple[Path, Path]:
     """The PNG grid of ``levels`` at ``stem.png``; returns it and the ``stem.pt`` path for the tensors."""
     from scoresde.plot import save_image_grid
 
-    png = save_image_grid(levels, stem.with_suffix(".png"), num_levels=num_levels, scale=4)
-    return png, stem.with_suffix(".pt")
+    png, tensors = _sample_paths(stem)
+    return save_image_grid(levels, png, num_levels=num_levels, scale=4), tensors
 
 
 # ----------------------------------------------------------------------------- likelihood
 
 
 def _likelihood(args: argparse.Namespace) -> None:
+    json_path = check_output_file(args.json, "--json") if args.json else None
     device = resolve_device(args.device)
     model, sde, config, step = load_run(args.checkpoint, device, ema=not args.no_ema)
     data = load_data(config["data"], args.split)
     if args.num_images is not None:
-        if args.num_images < 1:
-            raise ValueError(f"--num-images must be a positive int, got {args.num_images}")
         data = data.subset(slice(0, args.num_images))
     start = time.perf_counter()
     result = sd.evaluate_bpd(
@@ -192,12 +260,12 @@ def _likelihood(args: argparse.Namespace) -> None:
         f"{result.num_samples} images, {args.estimator} divergence, NFE {result.nfe}, {seconds:.0f} s; "
         f"checkpoint step {step})"
     )
-    if args.json:
+    if json_path is not None:
         record = {
             "split": args.split, "bpd": result.mean, "std_error": result.std_error, "images": result.num_samples,
             "nfe": result.nfe, "estimator": args.estimator, "rtol": args.rtol, "step": step, "seconds": seconds,
         }  # fmt: skip
-        atomic_write_text(args.json, json.dumps(record, indent=2) + "\n")
+        atomic_write_text(json_path, json.dumps(record, indent=2) + "\n")
 
 
 # ----------------------------------------------------------------------------- demo
@@ -208,7 +276,7 @@ def _demo(args: argparse.Namespace) -> None:
     evaluate test bits/dim, write ``report.md``."""
     if args.toy:
         return _toy_demo(args)
-    out = Path(args.out)
+    out = check_output_folder(args.out, "--out")
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     config = load_config(None, {
@@ -319,7 +387,7 @@ def _toy_demo(args: argparse.Namespace) -> None:
 
     from scoresde.plot import plot_score_field, save_figure
 
-    out = Path(args.out)
+    out = check_output_folder(args.out, "--out")
     out.mkdir(parents=True, exist_ok=True)
     steps = 3000 if args.steps is None else args.steps
     torch.manual_seed(args.seed)
@@ -378,9 +446,11 @@ def build_parser() -> argparse.ArgumentParser:
     for flag, _, _, kind, text in _TRAIN_FLAGS:
         train.add_argument(flag, type=_ints if kind == "ints" else kind, default=None, help=text)
     train.add_argument("--download", action="store_true", help="fetch an opt-in data set (needs torchvision)")
-    train.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    train.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
+                       help="continue the run in --out from its checkpoint.pt, or from CHECKPOINT (e.g. "
+                            "checkpoint-previous.pt after a divergence; --out defaults to its folder)")  # fmt: skip
     train.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="tqdm progress bar")
-    train.set_defaults(func=_train)
+    train.set_defaults(func=_train, on_interrupt="stopped before training began; nothing was written")
 
     def add_checkpoint_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--checkpoint", required=True, help="checkpoint.pt written by `scoresde train`")
@@ -393,35 +463,39 @@ def build_parser() -> argparse.ArgumentParser:
     add_checkpoint_args(sample)
     sample.add_argument("--sampler", choices=("pc", "ode", "sde"), default="ode")
     sample.add_argument("--method", help="ODE method (dopri5, heun, dpmpp_2m, ...) or SDE method (euler, srk, ...)")
-    sample.add_argument("--steps", type=int, help="steps (default PC 500, SDE 1000; adaptive ODE: none)")
+    sample.add_argument("--steps", type=_positive_int, help="steps (default PC 500, SDE 1000; adaptive ODE: none)")
     sample.add_argument("--snr", type=float, default=0.16, help="Langevin corrector signal-to-noise ratio")
     sample.add_argument("--corrector", default="langevin", help="langevin, annealed_langevin or none")
-    sample.add_argument("--num", type=int, default=64, help="number of samples")
-    sample.add_argument("--out", help="output folder (default: samples/ beside the checkpoint)")
-    sample.set_defaults(func=_sample)
+    sample.add_argument("--num", type=_positive_int, default=64, help="number of samples")
+    sample.add_argument("--out", help="output folder (default: samples/ beside the checkpoint); the files are "
+                                      "named after every setting that changes them, e.g. "
+                                      "pc-langevin-snr0.16-500steps-n64-seed0-ckpt2000.png and .pt, so runs "
+                                      "with other settings never overwrite each other (the same command "
+                                      "rewrites the same files)")  # fmt: skip
+    sample.set_defaults(func=_sample, on_interrupt="no samples were written")
 
     likelihood = sub.add_parser("likelihood", help="bits/dim of a data split under a checkpoint")
     add_checkpoint_args(likelihood)
     likelihood.add_argument("--split", choices=("train", "test"), default="test")
     likelihood.add_argument("--estimator", choices=("hutchinson", "exact", "auto"), default="hutchinson",
                             help="divergence: Hutchinson (Rademacher probes) or exact")  # fmt: skip
-    likelihood.add_argument("--num-probes", type=int, default=1)
-    likelihood.add_argument("--num-images", type=int, help="the first N images of the split (default all)")
-    likelihood.add_argument("--batch-size", type=int, default=128)
+    likelihood.add_argument("--num-probes", type=_positive_int, default=1)
+    likelihood.add_argument("--num-images", type=_positive_int, help="the first N images of the split (default all)")
+    likelihood.add_argument("--batch-size", type=_positive_int, default=128)
     likelihood.add_argument("--json", help="also write the result to this JSON file")
-    likelihood.set_defaults(func=_likelihood)
+    likelihood.set_defaults(func=_likelihood, on_interrupt="nothing was written")
 
     demo = sub.add_parser("demo", help="train on the bundled digits, sample, evaluate, write a report")
     demo.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
     demo.add_argument("--steps", type=int, default=None, help="training steps (default 500; --toy 3000)")
-    demo.add_argument("--channels", type=int, default=32, help="U-Net base width")
-    demo.add_argument("--pc-steps", type=int, default=100, help="PC sampler steps")
-    demo.add_argument("--eval-images", type=int, default=100, help="test images for bits/dim")
+    demo.add_argument("--channels", type=_positive_int, default=32, help="U-Net base width")
+    demo.add_argument("--pc-steps", type=_positive_int, default=100, help="PC sampler steps")
+    demo.add_argument("--eval-images", type=_positive_int, default=100, help="test images for bits/dim")
     demo.add_argument("--device", default="auto")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--toy", action="store_true", help="the 2-D score-field demo instead (MLP on a ring mixture)")
     demo.add_argument("--progress", action=argparse.BooleanOptionalAction, default=False)
-    demo.set_defaults(func=_demo)
+    demo.set_defaults(func=_demo, on_interrupt="the demo starts afresh when run again")
 
     # listed for --help; main() hands its arguments to scoresde.bench (its own parser)
     sub.add_parser("bench", add_help=False, help="solver, likelihood and overhead benchmarks (scoresde bench --help)")
@@ -440,9 +514,12 @@ def main(argv: list[str] | None = None) -> int:
         args.steps = 500
     try:
         args.func(args)
-    except (ValueError, TypeError, FileNotFoundError, ImportError, FloatingPointError) as err:
+    except (ValueError, TypeError, OSError, ImportError, FloatingPointError) as err:
         print(f"scoresde {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as err:  # the train command names its last checkpoint; the others wrote nothing
+        print(f"scoresde {args.command}: interrupted; {str(err) or args.on_interrupt}", file=sys.stderr)
+        return 130
     return 0
 
 

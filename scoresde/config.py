@@ -19,6 +19,7 @@ from scoresde.data import ImageData, load_images
 from scoresde.nn import UNet
 from scoresde.score import EpsilonScore, ScoreModel
 from scoresde.sde import VESDE, VPSDE, LinearSDE, SubVPSDE
+from scoresde.train import checkpoint_mismatch
 
 __all__ = ["DEFAULT_CONFIG", "build_model", "build_sde", "load_config", "load_data", "load_run", "merge_config"]
 
@@ -142,10 +143,16 @@ def load_run(
         raise ValueError(f"checkpoint {checkpoint} has no run config (was it written by `scoresde train`?)")
     config = merge_config(DEFAULT_CONFIG, {k: v for k, v in config.items() if k in DEFAULT_CONFIG})
     sde = build_sde(config["sde"])
-    model = build_model(config["model"], tuple(state["event_shape"]), sde)
-    if ema:
-        weights = {k.removeprefix("module."): v for k, v in state["ema"].items() if k != "n_averaged"}
-    else:
-        weights = state["model"]
-    model.load_state_dict(weights)
-    return model.to(device).eval(), sde, config, int(state["step"])
+    m = config["model"]
+    target = f"the model its config describes (channels {m['channels']}, channel_mults {m['channel_mults']})"
+    try:
+        model = build_model(m, tuple(state["event_shape"]), sde)
+        if ema:
+            weights = {k.removeprefix("module."): v for k, v in state["ema"].items() if k != "n_averaged"}
+        else:
+            weights = state["model"]
+        model.load_state_dict(weights)
+        step = int(state["step"])
+    except (KeyError, RuntimeError) as err:
+        raise checkpoint_mismatch(checkpoint, err, target) from None
+    return model.to(device).eval(), sde, config, step

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,7 +35,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from scoresde._atomic import atomic_write_text, remove_stale_temporaries
+from scoresde._atomic import atomic_write, atomic_write_text, remove_stale_temporaries
 from scoresde.checkpoint import check_plain, load_checkpoint, save_checkpoint
 from scoresde.data import ImageData
 from scoresde.likelihood import BpdEvaluation, decode, evaluate_bpd
@@ -118,7 +119,7 @@ def fit(
             schedule.step()
             value = loss.item()
             if not torch.isfinite(torch.tensor(value)):
-                raise FloatingPointError(f"the loss became {value} at step {len(result.losses)}")
+                raise FloatingPointError(f"the loss became {value} at step {len(result.losses) + 1}")
             result.losses.append(value)
             bar.update(1)
             bar.set_postfix(loss=f"{value:.4f}", refresh=False)
@@ -198,7 +199,8 @@ class Trainer:
         data: an :class:`~scoresde.data.ImageData` (integer levels, uniformly dequantized
             afresh every batch and mapped by its transform) or a float tensor ``(n, *event)``
             used as is.
-        out_dir: where ``checkpoint.pt``, ``metrics.jsonl`` and ``samples/`` go.
+        out_dir: where ``checkpoint.pt``, ``checkpoint-previous.pt``, ``metrics.jsonl`` and
+            ``samples/`` go.
         steps: total optimisation steps of the run. batch_size: global batch (split over ranks).
         lr: peak learning rate; ``warmup_steps`` of linear warm-up from ``lr/warmup_steps``, then
             ``lr_schedule`` ``"constant"`` or ``"cosine"`` (to 0 at ``steps``).
@@ -215,10 +217,16 @@ class Trainer:
             drawn with the probability-flow ODE from fixed noise.
         bpd_kwargs: passed to :func:`~scoresde.evaluate_bpd` (default Hutchinson divergence
             with one Rademacher probe, ``rtol = atol = 1e-4``).
-        checkpoint_every: save every so many steps (and always at the end of :meth:`train`).
+        checkpoint_every: save every so many steps (and always at the end of :meth:`train`);
+            the checkpoint it replaces is kept as ``checkpoint-previous.pt``.
         log_every: write the mean loss to ``metrics.jsonl`` every so many steps.
         config: the run's description, stored in every checkpoint (plain values only).
-        progress: a tqdm bar on rank 0. resume: continue from ``out_dir/checkpoint.pt`` if present.
+        progress: a tqdm bar on rank 0.
+        resume: ``True``: continue from ``out_dir/checkpoint.pt`` if present; a path: continue
+            from that checkpoint (e.g. ``checkpoint-previous.pt`` after a divergence).
+
+    Steps are counted from 1, as in ``metrics.jsonl``: the checkpoint of step ``s`` holds the
+    weights after ``s`` updates, and step ``s + 1`` is the first whose loss is computed from them.
     """
 
     def __init__(
@@ -250,7 +258,7 @@ class Trainer:
         log_every: int = 50,
         config: dict[str, Any] | None = None,
         progress: bool = False,
-        resume: bool = False,
+        resume: bool | str | Path = False,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module score model, got {type(model).__name__}")
@@ -293,6 +301,7 @@ class Trainer:
         self.sde, self.data, self.eval_data = sde, data, eval_data
         self.out_dir = Path(out_dir)
         self.checkpoint_path = self.out_dir / "checkpoint.pt"
+        self.previous_checkpoint_path = self.out_dir / "checkpoint-previous.pt"
         self.metrics_path = self.out_dir / "metrics.jsonl"
         self.steps, self.batch_size, self.seed = steps, batch_size, seed
         self.lr, self.lr_schedule, self.warmup_steps = float(lr), lr_schedule, warmup_steps
@@ -319,7 +328,10 @@ class Trainer:
             self._train_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
 
         self.step = 0
-        self._last_saved_step: int | None = None
+        # the steps of checkpoint.pt and checkpoint-previous.pt as this trainer wrote or loaded
+        # them (None: no such file, or one this trainer knows nothing of)
+        self.checkpoint_step: int | None = None
+        self.previous_checkpoint_step: int | None = None
         self.generator = torch.Generator(self.device).manual_seed(_stream_seed(seed, self.rank, 0))
         self._dropout_rng = self._seeded_rng_state(_stream_seed(seed, self.rank, 1))
 
@@ -334,7 +346,9 @@ class Trainer:
         self._epoch: int | None = None
         self._order = torch.empty(0, dtype=torch.long)
 
-        if resume and self.checkpoint_path.exists():
+        if resume is not False and resume is not True:
+            self.load(resume)
+        elif resume and self.checkpoint_path.exists():
             self.load(self.checkpoint_path)
         elif self.rank == 0 and self.metrics_path.exists():
             self.metrics_path.unlink()  # a new run: its log starts empty
@@ -407,13 +421,7 @@ class Trainer:
             self._dropout_rng = self._get_rng()
         value = self._mean_over_ranks(loss.detach().float()).item()
         if not math.isfinite(value):
-            if self._last_saved_step is None:
-                kept = "no checkpoint had been written"
-            else:
-                kept = f"the last good checkpoint {self.checkpoint_path} (step {self._last_saved_step}) is intact"
-            raise FloatingPointError(
-                f"non-finite loss ({value}) at step {step}: training stopped before updating the weights; {kept}"
-            )
+            raise FloatingPointError(self._divergence_message(value, step + 1))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip or math.inf)
@@ -421,12 +429,35 @@ class Trainer:
         self.ema.update_parameters(self.model)
         return value, grad_norm
 
+    def _divergence_message(self, value: float, step: int) -> str:
+        """What to resume from after the loss of ``step`` (1-based) came out non-finite. The
+        weights can diverge steps before the loss does, and a resumed run repeats the same
+        steps bit for bit: only a checkpoint from before the divergence, resumed with other
+        settings, helps. The latest one is known bad when its own weights gave this loss (its
+        step is the one before): resuming from it meets the same loss at any learning rate."""
+        head = f"non-finite loss ({value}) at step {step}: training stopped before that step's update"
+        fix = "other settings (e.g. a smaller learning rate; the same ones reach the same loss)"
+        latest, previous = self.checkpoint_step, self.previous_checkpoint_step
+        if latest is None:
+            return f"{head}; no checkpoint had been written: start afresh with {fix}"
+        gave_it = latest == step - 1
+        state = f"the latest checkpoint, {self.checkpoint_path} (step {latest}), " + (
+            "holds the weights that gave this loss" if gave_it
+            else f"gave finite losses for {step - 1 - latest} steps but its weights may already be diverging"
+        )  # fmt: skip
+        if previous is not None:
+            where = f"{self.previous_checkpoint_path} (step {previous})"
+            return f"{head}; {state}: resume from the previous one, {where}, with {fix}"
+        options = "start afresh" if gave_it else "resume from it or start afresh,"
+        return f"{head}; {state}, and no earlier one is kept: {options} with {fix}"
+
     # --- the loop
 
     def train(self, stop_at: int | None = None) -> TrainResult:
         """Run from the current step to ``steps`` (or to ``stop_at``, e.g. to split a run in
         two), checkpointing, logging and evaluating on the way; always saves a checkpoint at
-        the end. Raises ``FloatingPointError`` on a non-finite loss (nothing is saved then)."""
+        the end. Raises ``FloatingPointError`` on a non-finite loss (nothing is saved then; the
+        message names the checkpoint to resume from)."""
         end = self.steps if stop_at is None else min(stop_at, self.steps)
         main = self.rank == 0
         start_time = time.perf_counter()
@@ -460,7 +491,7 @@ class Trainer:
                     self.model.train()
         if self.step == self.steps and self._evaluates and (not evaluations or evaluations[-1]["step"] != self.step):
             evaluations.append(self.evaluate())
-        checkpoint = self.save() if self._last_saved_step != self.step else self.checkpoint_path
+        checkpoint = self.save() if self.checkpoint_step != self.step else self.checkpoint_path
         self.model.eval()
         return TrainResult(losses, self.step, checkpoint, evaluations, time.perf_counter() - start_time)
 
@@ -551,18 +582,29 @@ class Trainer:
 
     def save(self, path: str | Path | None = None) -> Path:
         """Write the checkpoint atomically (rank 0; all ranks must call it). Default path
-        ``out_dir/checkpoint.pt``."""
+        ``out_dir/checkpoint.pt``, whose content of an earlier step is first copied, atomically
+        too, to ``out_dir/checkpoint-previous.pt``: at every instant both files are whole, and a
+        checkpoint from before a divergence survives the next save."""
         path = Path(path) if path is not None else self.checkpoint_path
+        default = path == self.checkpoint_path
         state = self.state_dict()
+        rotate = default and self.checkpoint_step != self.step
+        if rotate:
+            self.previous_checkpoint_step = self.checkpoint_step
         if self.rank == 0:
-            save_checkpoint(state, path)
+            if rotate and path.is_file():
+                with path.open("rb") as src:
+                    atomic_write(self.previous_checkpoint_path, lambda f: shutil.copyfileobj(src, f))
+            save_checkpoint({**state, "previous_step": self.previous_checkpoint_step if default else None}, path)
         if self.world_size > 1:
             dist.barrier()
-        self._last_saved_step = self.step
+        if default:
+            self.checkpoint_step = self.step
         return path
 
     def load(self, path: str | Path) -> None:
-        """Restore model, EMA, optimizer, step and random states from a checkpoint; the metrics
+        """Restore model, EMA, optimizer, step and random states from a checkpoint (any file
+        :meth:`save` wrote, e.g. ``checkpoint-previous.pt``); the metrics
         log is cut back to the checkpoint's step, and temporary files an interrupted save of the
         checkpoint left behind are removed."""
         state = load_checkpoint(path, map_location=self.device)
@@ -573,21 +615,36 @@ class Trainer:
             self.step = int(state["step"])
             rng = state["rng"]
         except (KeyError, RuntimeError, ValueError) as err:
-            reason = str(err).strip().splitlines()[0]
-            raise ValueError(f"checkpoint {path} does not fit this model and trainer: {reason}") from None
+            raise checkpoint_mismatch(path, err, "this model and trainer") from None
         if len(rng) == self.world_size:
             self.generator.set_state(rng[self.rank]["generator"].cpu())
             self._dropout_rng = list(rng[self.rank]["global"])
         else:  # another number of ranks: the run goes on, with fresh streams per rank
             self.generator.manual_seed(_stream_seed(self.seed + self.step, self.rank, 0))
             self._dropout_rng = self._seeded_rng_state(_stream_seed(self.seed + self.step, self.rank, 1))
-        self._last_saved_step = self.step
+        if Path(path).resolve() == self.checkpoint_path.resolve():
+            self.checkpoint_step, self.previous_checkpoint_step = self.step, state.get("previous_step")
+        else:  # checkpoint.pt holds another state, which the next save keeps as the previous one
+            self.checkpoint_step = self.previous_checkpoint_step = None
         if self.rank == 0:
             remove_stale_temporaries(path)
             if self.metrics_path.exists():
                 lines = self.metrics_path.read_text().splitlines()
                 kept = [line for line in lines if _logged_step(line) <= self.step]
                 atomic_write_text(self.metrics_path, "".join(line + "\n" for line in kept))
+
+
+def checkpoint_mismatch(path: str | Path, err: Exception, target: str = "this model") -> ValueError:
+    """The one-line error for a checkpoint whose entries do not fit ``target``: the first
+    difference ``load_state_dict`` reports (and how many more), not its whole list."""
+    if isinstance(err, KeyError):
+        return ValueError(f"checkpoint {path} does not fit {target}: it has no {err} entry")
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()] or [type(err).__name__]
+    if lines[0].startswith("Error(s) in loading state_dict") and len(lines) > 1:
+        lines = lines[1:]  # a heading, then one line per difference
+    reason = lines[0] if len(lines[0]) <= 200 else lines[0][:200] + "..."
+    more = f" (and {len(lines) - 1} more)" if len(lines) > 1 else ""
+    return ValueError(f"checkpoint {path} does not fit {target}: {reason}{more}")
 
 
 def _logged_step(line: str) -> float:

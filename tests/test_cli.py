@@ -1,10 +1,17 @@
 import json
 import re
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
 
+import scoresde as sd
+from scoresde import cli
+from scoresde.checkpoint import load_checkpoint, save_checkpoint
 from scoresde.cli import main
+from scoresde.train import Trainer
 
 TINY = """
 [model]
@@ -47,8 +54,6 @@ def test_train_writes_checkpoint_metrics_and_grid(run_dir, capsys):
 
 
 def test_train_resume_extends_the_run(run_dir, tmp_path, capsys):
-    import shutil
-
     run = tmp_path / "run"
     shutil.copytree(run_dir / "run", run)
     assert main(["train", "--out", str(run), "--resume", "--steps", "4", "--no-progress"]) == 0
@@ -58,20 +63,51 @@ def test_train_resume_extends_the_run(run_dir, tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
-    ("sampler", "extra"),
-    [("pc", ["--steps", "3"]), ("ode", ["--rtol", "1e-2"]), ("ode", ["--method", "dpmpp_2m", "--steps", "3"]),
-     ("sde", ["--steps", "3"])],
+    ("sampler", "extra", "stem"),
+    [("pc", ["--steps", "3"], "pc-langevin-snr0.16-3steps"), ("ode", ["--rtol", "1e-2"], "ode-dopri5-rtol0.01"),
+     ("ode", ["--method", "dpmpp_2m", "--steps", "3"], "ode-dpmpp_2m-3steps"),
+     ("sde", ["--steps", "3"], "sde-euler-3steps")],
 )  # fmt: skip
-def test_sample(run_dir, tmp_path, capsys, sampler, extra):
+def test_sample(run_dir, tmp_path, capsys, sampler, extra, stem):
     args = ["sample", "--checkpoint", str(run_dir / "run" / "checkpoint.pt"), "--sampler", sampler, "--num", "5",
             "--out", str(tmp_path), "--device", "cpu", *extra]  # fmt: skip
     assert main(args) == 0
-    saved = torch.load(tmp_path / f"{sampler}_seed0.pt", weights_only=True)
+    stem = f"{stem}-n5-seed0-ckpt3"
+    saved = torch.load(tmp_path / f"{stem}.pt", weights_only=True)
     assert saved["x"].shape == (5, 1, 8, 8) and saved["levels"].dtype == torch.uint8 and saved["nfe"] > 0
-    assert (tmp_path / f"{sampler}_seed0.png").stat().st_size > 100
+    assert saved["sampler"] == sampler and saved["step"] == 3 and saved["num"] == 5 and saved["ema"] is True
+    assert (tmp_path / f"{stem}.png").stat().st_size > 100
     assert f"5 samples ({sampler}, NFE {saved['nfe']})" in capsys.readouterr().out
     assert main(args) == 0
-    assert torch.equal(torch.load(tmp_path / f"{sampler}_seed0.pt", weights_only=True)["x"], saved["x"])  # seeded
+    assert torch.equal(torch.load(tmp_path / f"{stem}.pt", weights_only=True)["x"], saved["x"])  # seeded
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{stem}.png", f"{stem}.pt"]
+
+
+def test_samples_with_other_settings_do_not_overwrite_each_other(run_dir, tmp_path):
+    base = ["sample", "--checkpoint", str(run_dir / "run" / "checkpoint.pt"), "--sampler", "sde", "--steps", "2",
+            "--num", "2", "--out", str(tmp_path), "--device", "cpu"]  # fmt: skip
+    for extra in ([], ["--steps", "3"], ["--seed", "1"], ["--num", "3"], ["--no-ema"], ["--method", "srk"]):
+        assert main([*base, *extra]) == 0
+    assert sorted(p.name for p in tmp_path.glob("*.pt")) == [
+        "sde-euler-2steps-n2-seed0-ckpt3-raw.pt", "sde-euler-2steps-n2-seed0-ckpt3.pt",
+        "sde-euler-2steps-n2-seed1-ckpt3.pt", "sde-euler-2steps-n3-seed0-ckpt3.pt",
+        "sde-euler-3steps-n2-seed0-ckpt3.pt", "sde-srk-2steps-n2-seed0-ckpt3.pt",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [(["--steps", "0"], "argument --steps: must be a positive int, got 0"),
+     (["--sampler", "sde", "--steps", "-3"], "argument --steps: must be a positive int, got -3"),
+     (["--num", "0"], "argument --num: must be a positive int, got 0"),
+     (["--steps", "1.5"], "argument --steps: expected a positive int, got '1.5'")],
+)  # fmt: skip
+def test_sample_steps_and_num_must_be_positive(run_dir, tmp_path, capsys, flags, message):
+    with pytest.raises(SystemExit) as exc:
+        main(["sample", "--checkpoint", str(run_dir / "run" / "checkpoint.pt"), "--out", str(tmp_path), *flags])
+    assert exc.value.code == 2
+    one_line_error(capsys, f"scoresde sample: error: {message}")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_likelihood(run_dir, tmp_path, capsys):
@@ -161,3 +197,185 @@ def test_bench_subcommand_reaches_the_harness(capsys):
         main(["bench", "--help"])
     assert exc.value.code == 0
     assert "usage: scoresde bench" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- output paths, checked first
+
+
+def _writable(folder):
+    try:
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError:
+        return False
+    return True
+
+
+@pytest.fixture
+def read_only_folder(tmp_path):
+    """A folder this process cannot write in: permission bits, or (root ignores them) /sys."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        if not _writable(folder):
+            yield folder
+        elif Path("/sys").is_dir() and not _writable("/sys"):
+            yield Path("/sys")
+        else:
+            pytest.skip("no read-only folder to test with")
+    finally:
+        folder.chmod(0o755)
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Fail the test if a command gets as far as loading its data or checkpoint."""
+
+    def work(*args, **kwargs):
+        raise AssertionError("the command started its work before checking its output path")
+
+    monkeypatch.setattr(cli, "build_trainer", work)
+    monkeypatch.setattr(cli, "load_run", work)
+
+
+@pytest.mark.parametrize("case", ["train --out FILE", "train --out FILE/sub", "sample --out FILE",
+                                  "likelihood --json FILE/x.json", "likelihood --json DIR"])  # fmt: skip
+def test_a_bad_output_path_is_one_line_before_any_work(run_dir, tmp_path, capsys, no_work, case):
+    file, folder = tmp_path / "file", tmp_path / "folder"
+    file.write_text("mine")
+    folder.mkdir()
+    command, flag, target = case.split()
+    target = Path(target.replace("FILE", str(file)).replace("DIR", str(folder)))
+    args = [command, flag, str(target)]
+    if command != "train":
+        args += ["--checkpoint", str(run_dir / "run" / "checkpoint.pt")]
+    assert main(args) == 2
+    at_fault = "is a folder, not a file" if "DIR" in case else f"{file} is a file, not a folder"
+    assert one_line_error(capsys, f"scoresde {command}: error: ") == [
+        f"scoresde {command}: error: {flag} {target}{' ' if 'DIR' in case else ': '}{at_fault}"
+    ]
+    assert file.read_text() == "mine" and list(folder.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", ["train", "sample", "likelihood", "demo"])
+def test_a_read_only_output_folder_is_one_line_before_any_work(run_dir, capsys, no_work, read_only_folder, command):
+    target = read_only_folder / "out"
+    args = {
+        "train": ["train", "--out", str(target)],
+        "sample": ["sample", "--checkpoint", str(run_dir / "run" / "checkpoint.pt"), "--out", str(target)],
+        "likelihood": ["likelihood", "--checkpoint", str(run_dir / "run" / "checkpoint.pt"), "--json",
+                       str(target / "bpd.json")],
+        "demo": ["demo", "--out", str(target)],
+    }[command]  # fmt: skip
+    assert main(args) == 2
+    err = one_line_error(capsys, f"scoresde {command}: error: ")
+    assert len(err) == 1 and f": cannot write in {read_only_folder} (" in err[0]
+    assert not target.exists()
+
+
+# ----------------------------------------------------------------------------- checkpoints that do not fit
+
+
+@pytest.mark.parametrize(("key", "value"), [("channels", 16), ("channel_mults", [1, 2, 2])])
+def test_a_checkpoint_whose_config_disagrees_with_its_weights_is_one_line(run_dir, tmp_path, capsys, key, value):
+    path = tmp_path / "checkpoint.pt"
+    state = load_checkpoint(run_dir / "run" / "checkpoint.pt")
+    state["config"]["model"][key] = value
+    save_checkpoint({k: v for k, v in state.items() if k != "format"}, path)
+    described = {"channels": 8, "channel_mults": [1, 2], key: value}
+    for command in ("sample", "likelihood"):
+        assert main([command, "--checkpoint", str(path), "--out" if command == "sample" else "--json",
+                     str(tmp_path / "out")]) == 2  # fmt: skip
+        err = one_line_error(capsys, f"scoresde {command}: error: ")
+        assert len(err) == 1 and err[0].startswith(
+            f"scoresde {command}: error: checkpoint {path} does not fit the model its config describes (channels "
+            f"{described['channels']}, channel_mults {described['channel_mults']}): "
+        ), err  # fmt: skip
+        assert ("size mismatch for" if key == "channels" else "key(s) in state_dict") in err[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
+
+
+def test_resume_with_a_model_that_does_not_fit_is_one_line(run_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(run_dir / "run", run)
+    assert main(["train", "--out", str(run), "--resume", "--channels", "16", "--no-progress"]) == 2
+    err = one_line_error(capsys, "scoresde train: error: ")
+    assert len(err) == 1 and f"checkpoint {run / 'checkpoint.pt'} does not fit this model and trainer: size mismatch" \
+        in err[0]  # fmt: skip
+
+
+def test_resume_from_the_previous_checkpoint_reproduces_the_run(run_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(run_dir / "run", run)
+    assert load_checkpoint(run / "checkpoint-previous.pt")["step"] == 2  # checkpoint_every = 2 of 3 steps
+    assert main(["train", "--resume", str(run / "checkpoint-previous.pt"), "--no-progress"]) == 0  # --out: its folder
+    assert "trained to step 3" in capsys.readouterr().out
+    resumed, whole = (load_checkpoint(p / "checkpoint.pt") for p in (run, run_dir / "run"))
+    assert all(torch.equal(resumed["model"][k], v) for k, v in whole["model"].items())
+    assert load_checkpoint(run / "checkpoint-previous.pt")["step"] == 3  # the one it replaced
+
+
+# ----------------------------------------------------------------------------- Ctrl-C
+
+
+def _interrupt_at(monkeypatch, index):
+    train_step = Trainer._train_step
+
+    def step(self, i):
+        if i == index:
+            raise KeyboardInterrupt
+        return train_step(self, i)
+
+    monkeypatch.setattr(Trainer, "_train_step", step)
+
+
+def test_ctrl_c_in_train_says_how_to_resume_and_resuming_matches_the_whole_run(run_dir, tmp_path, capsys,
+                                                                               monkeypatch):  # fmt: skip
+    out = tmp_path / "run"
+    _interrupt_at(monkeypatch, 2)  # during the third step, after the checkpoint of step 2
+    assert main(["train", "--config", str(run_dir / "tiny.toml"), "--out", str(out), "--no-progress"]) == 130
+    err = one_line_error(capsys, "scoresde train: interrupted; ")
+    assert err == [
+        f"scoresde train: interrupted; stopped after step 2 of 3; the last checkpoint, {out / 'checkpoint.pt'}, is "
+        f"of step 2: continue with `scoresde train --out {out} --resume`"
+    ]  # fmt: skip
+    monkeypatch.undo()
+    assert main([*re.search(r"`scoresde (.*)`", err[0])[1].split(), "--no-progress"]) == 0
+    resumed, whole = (load_checkpoint(p / "checkpoint.pt") for p in (out, run_dir / "run"))
+    assert resumed["step"] == 3 and all(torch.equal(resumed["model"][k], v) for k, v in whole["model"].items())
+
+
+def test_ctrl_c_before_the_first_checkpoint(run_dir, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    _interrupt_at(monkeypatch, 1)
+    assert main(["train", "--config", str(run_dir / "tiny.toml"), "--out", str(out), "--no-progress"]) == 130
+    assert one_line_error(capsys, "scoresde train: interrupted; ") == [
+        "scoresde train: interrupted; stopped after step 1 of 3, before the run's first checkpoint: the same command "
+        "starts it afresh"
+    ]  # fmt: skip
+    assert not (out / "checkpoint.pt").exists()
+
+
+def test_ctrl_c_in_sample_and_likelihood_writes_nothing(run_dir, tmp_path, capsys, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "draw_samples", interrupted)
+    monkeypatch.setattr(sd, "evaluate_bpd", interrupted)
+    checkpoint = str(run_dir / "run" / "checkpoint.pt")
+    assert main(["sample", "--checkpoint", checkpoint, "--out", str(tmp_path)]) == 130
+    assert one_line_error(capsys, "scoresde sample: ") == ["scoresde sample: interrupted; no samples were written"]
+    assert main(["likelihood", "--checkpoint", checkpoint, "--json", str(tmp_path / "bpd.json")]) == 130
+    assert one_line_error(capsys, "scoresde likelihood: ") == ["scoresde likelihood: interrupted; nothing was written"]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_diverging_run_is_one_line_and_names_steps_as_the_log_does(run_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", "--config", str(run_dir / "tiny.toml"), "--out", str(out), "--lr", "1e6", "--steps", "6",
+            "--checkpoint-every", "1", "--no-progress"]  # fmt: skip
+    assert main(args) == 2
+    err = one_line_error(capsys, "scoresde train: error: non-finite loss (nan) at step 3: ")
+    assert len(err) == 1 and f"resume from the previous one, {out / 'checkpoint-previous.pt'} (step 1)," in err[0]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2]

@@ -47,7 +47,7 @@ def test_non_finite_loss_stops_with_a_clear_error():
     model = sd.EpsilonScore(sd.nn.MLP(dim=2, hidden=8, depth=1), sd.VPSDE())
     with torch.no_grad():
         model.net.out[1].bias.fill_(float("nan"))
-    with pytest.raises(FloatingPointError, match=r"the loss became nan at step 0"):
+    with pytest.raises(FloatingPointError, match=r"the loss became nan at step 1"):
         sd.fit(model, sd.VPSDE(), torch.zeros(8, 2), steps=5, batch_size=4)
 
 

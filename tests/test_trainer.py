@@ -1,5 +1,7 @@
 import json
 import os
+import re
+import shutil
 
 import pytest
 import torch
@@ -172,14 +174,78 @@ def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tmp_p
     before = params(trainer.model).clone()
     with torch.no_grad():
         trainer.model.net.head[-1].bias.fill_(float("nan"))
-    with pytest.raises(FloatingPointError, match=rf"non-finite loss \(nan\) at step 4: .*last good checkpoint "
-                                                 rf"{tmp_path / 'checkpoint.pt'} \(step 4\) is intact"):  # fmt: skip
+    previous = re.escape(str(tmp_path / "checkpoint-previous.pt"))
+    message = rf"non-finite loss \(nan\) at step 5: .* resume from the previous one, {previous} \(step 2\)"
+    with pytest.raises(FloatingPointError, match=message):
         trainer.train()
     state = load_checkpoint(tmp_path / "checkpoint.pt")
     assert state["step"] == 4
     assert torch.isfinite(state["model"]["net.head.2.bias"]).all()
     trainer.model.load_state_dict(state["model"])
     assert torch.equal(params(trainer.model), before)
+
+
+FIX = "with other settings (e.g. a smaller learning rate; the same ones reach the same loss)"
+
+
+@pytest.mark.parametrize("every", [1, 2])
+def test_a_diverging_run_names_a_checkpoint_from_before_the_divergence(tmp_path, every):
+    """lr = 1e6 blows the weights up at the first update; the loss turns NaN at step 3, computed
+    from the weights of step 2, so the checkpoint of step 2 cannot be resumed from."""
+    trainer = make_trainer(tmp_path, steps=10, lr=1e6, warmup_steps=0, dropout=0.0, checkpoint_every=every,
+                           log_every=1)  # fmt: skip
+    with pytest.raises(FloatingPointError) as exc:
+        trainer.train()
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2] and records[-1]["loss"] > 1e6  # steps named as the log names them
+    latest, previous = tmp_path / "checkpoint.pt", tmp_path / "checkpoint-previous.pt"
+    head = (f"non-finite loss (nan) at step 3: training stopped before that step's update; the latest checkpoint, "
+            f"{latest} (step 2), holds the weights that gave this loss")  # fmt: skip
+    if every == 2:
+        assert str(exc.value) == f"{head}, and no earlier one is kept: start afresh {FIX}"
+        assert not previous.exists()
+    else:
+        assert str(exc.value) == f"{head}: resume from the previous one, {previous} (step 1), {FIX}"
+        assert load_checkpoint(previous)["step"] == 1
+    assert load_checkpoint(latest)["step"] == 2
+    resumed = make_trainer(tmp_path, steps=10, lr=1e-6, warmup_steps=0, dropout=0.0, resume=True)
+    with pytest.raises(FloatingPointError, match=r"non-finite loss \(nan\) at step 3"):  # as the message said
+        resumed.train()
+
+
+def test_each_save_keeps_the_checkpoint_it_replaces(tmp_path, monkeypatch):
+    make_trainer(tmp_path, steps=6, checkpoint_every=2).train()
+    latest, previous = tmp_path / "checkpoint.pt", tmp_path / "checkpoint-previous.pt"
+    assert (load_checkpoint(latest)["step"], load_checkpoint(latest)["previous_step"]) == (6, 4)
+    assert load_checkpoint(previous)["step"] == 4
+    resumed = make_trainer(tmp_path, steps=8, checkpoint_every=2, resume=True)
+    assert (resumed.step, resumed.checkpoint_step, resumed.previous_checkpoint_step) == (6, 6, 4)
+
+    def torn_copy(src, dst):
+        dst.write(src.read(100))
+        raise OSError("disk full")
+
+    monkeypatch.setattr(shutil, "copyfileobj", torn_copy)
+    with pytest.raises(OSError, match="disk full"):
+        resumed.train(stop_at=7)  # a crash while the old checkpoint is copied aside leaves both files whole
+    monkeypatch.undo()
+    assert load_checkpoint(latest)["step"] == 6 and load_checkpoint(previous)["step"] == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-previous.pt", "checkpoint.pt", "metrics.jsonl"]
+
+
+def test_resume_from_the_previous_checkpoint_reproduces_the_uninterrupted_run(tmp_path):
+    full = make_trainer(tmp_path / "full", steps=6)
+    full_losses = full.train().losses
+    make_trainer(tmp_path / "split", steps=6, checkpoint_every=2).train(stop_at=5)  # saves steps 2, 4, 5
+    previous = tmp_path / "split" / "checkpoint-previous.pt"
+    second = make_trainer(tmp_path / "split", steps=6, checkpoint_every=2, resume=previous)
+    assert second.step == 4 and second.checkpoint_step is None  # checkpoint.pt holds another state (step 5)
+    assert second.train().losses == full_losses[4:]
+    assert torch.equal(params(second.model), params(full.model))
+    assert torch.equal(params(second.ema.module), params(full.ema.module))
+    assert load_checkpoint(previous)["step"] == 5  # the state it replaced is kept, not lost
+    steps = [json.loads(line)["step"] for line in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [2, 4, 6]
 
 
 def test_evaluation_writes_a_grid_and_bits_per_dim(tmp_path):
