@@ -59,9 +59,14 @@ def test_non_finite_loss_stops_with_a_clear_error():
         (torch.zeros(8), {}, ValueError, r"data must be \(n, \*event\) with n >= 1, got shape \(8,\)"),
         (torch.full((8, 2), float("inf")), {}, ValueError, r"data holds NaN or inf"),
         ([1, 2, 3], {}, TypeError, r"data must be a tensor or a callable .* got list"),
+        (torch.zeros(8, 2, dtype=torch.long), {}, TypeError,
+         r"x0 must be a floating-point tensor, got dtype torch.int64"),
+        (torch.zeros(8, 2), {"sde": sd.VESDE()}, ValueError,
+         r"the model converts its output with VPSDE\(.* sde=VESDE"),
     ],
 )
 def test_bad_arguments(data, kwargs, exc, match):
     model = sd.EpsilonScore(sd.nn.MLP(dim=2, hidden=8, depth=1), sd.VPSDE())
+    sde = kwargs.get("sde", sd.VPSDE())
     with pytest.raises(exc, match=match):
-        sd.fit(model, sd.VPSDE(), data, **kwargs)
+        sd.fit(model, sde, data, **{k: v for k, v in kwargs.items() if k != "sde"})
