@@ -8,19 +8,23 @@ from scoresde import analytic, data, nn
 from scoresde.analytic import GaussianMixture
 from scoresde.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from scoresde.data import ImageData, load_digits, load_images
-from scoresde.grid_tuning import tune_time_grid
-from scoresde.likelihood import (
+from scoresde.discrete_data import (
     BitsPerDimResult,
     BpdEvaluation,
     DataTransform,
+    bits_per_dim,
+    dequantize,
+    evaluate_bpd,
+    to_levels,
+)
+from scoresde.grid_tuning import tune_time_grid
+from scoresde.likelihood import (
     DecodeResult,
     EncodeResult,
     LikelihoodResult,
-    bits_per_dim,
     decode,
     divergence,
     encode,
-    evaluate_bpd,
     log_likelihood,
 )
 from scoresde.losses import dsm_loss
@@ -83,6 +87,8 @@ __all__ = [
     "LikelihoodResult",
     "divergence",
     "bits_per_dim",
+    "dequantize",
+    "to_levels",
     "BitsPerDimResult",
     "DataTransform",
     "evaluate_bpd",

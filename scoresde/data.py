@@ -28,7 +28,8 @@ import torch
 from torch import Tensor
 
 from scoresde.analytic import GaussianMixture
-from scoresde.likelihood import DataTransform
+from scoresde.discrete_data import DataTransform, to_levels
+from scoresde.discrete_data import dequantize as dequantize_levels
 
 __all__ = [
     "DIGITS_NUM_TEST",
@@ -102,9 +103,9 @@ class ImageData:
         r"""Levels ``(b, C, H, W)`` -> model space: :math:`y = T((x + \nu)/K)`, :math:`\nu` uniform
         on ``[0, 1)`` (drawn with ``generator`` on ``levels``' device), or ``0.5`` (the bin
         centre) with ``dequantize=False``."""
-        x = levels.to(dtype)
-        offset = torch.rand(x.shape, generator=generator, device=x.device, dtype=dtype) if dequantize else 0.5
-        return self.transform((x + offset) / self.num_levels)
+        return dequantize_levels(
+            levels, self.num_levels, self.transform, generator=generator, dtype=dtype, centre=not dequantize
+        )
 
     def from_model(self, y: Tensor) -> Tensor:
         """Model space -> integer levels (:func:`to_levels`)."""
@@ -114,16 +115,6 @@ class ImageData:
         """The images (and labels) at ``index``."""
         labels = None if self.labels is None else self.labels[index]
         return ImageData(self.levels[index], labels, self.num_levels, self.num_classes, self.transform)
-
-
-def to_levels(y: Tensor, num_levels: int, transform: DataTransform | None = None) -> Tensor:
-    r"""Model space -> integer levels: the bin :math:`\lfloor K\,T^{-1}(y)\rfloor` holding ``y``,
-    clamped to ``[0, K - 1]`` (``uint8`` when ``K <= 256``); the inverse of dequantization."""
-    transform = DataTransform() if transform is None else transform
-    scale = torch.as_tensor(transform.scale, dtype=y.dtype, device=y.device)
-    shift = torch.as_tensor(transform.shift, dtype=y.dtype, device=y.device)
-    levels = ((y - shift) / scale * num_levels).floor().clamp(0, num_levels - 1)
-    return levels.to(torch.uint8 if num_levels <= 256 else torch.int64)
 
 
 def _check_split(split: str) -> None:

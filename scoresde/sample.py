@@ -43,8 +43,8 @@ from scoresde.solvers._common import (
     require_linear_sde,
     require_sde,
 )
-from scoresde.solvers.flow import flow_coordinates
 from scoresde.solvers.correctors import CORRECTORS, Corrector
+from scoresde.solvers.flow import flow_coordinates
 from scoresde.solvers.ode import LogSNRStepper
 from scoresde.solvers.odeint import ADAPTIVE_ODEINT_METHODS, ODEINT_METHODS, check_odeint_args, odeint
 from scoresde.solvers.predictors import PREDICTORS, EulerMaruyama, Predictor

@@ -30,6 +30,12 @@ from scoresde.sde.base import SDE, LinearSDE
 GRID_KINDS = ("uniform", "quadratic", "log_snr", "karras")
 
 
+def default_grid_kind(sde: SDE) -> str:
+    """The grid a fixed-step probability-flow solve uses unless told: ``"log_snr"`` for a
+    :class:`~scoresde.LinearSDE` (as DPM-Solver recommends), ``"uniform"`` otherwise."""
+    return "log_snr" if isinstance(sde, LinearSDE) else "uniform"
+
+
 def time_grid(
     sde: SDE,
     num_steps: int,

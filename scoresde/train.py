@@ -38,7 +38,8 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from scoresde._atomic import atomic_write, atomic_write_text, remove_stale_temporaries
 from scoresde.checkpoint import check_plain, load_checkpoint, save_checkpoint
 from scoresde.data import ImageData
-from scoresde.likelihood import BpdEvaluation, decode, evaluate_bpd
+from scoresde.discrete_data import BpdEvaluation, evaluate_bpd
+from scoresde.likelihood import decode
 from scoresde.losses import TIME_SAMPLINGS, WEIGHTINGS, dsm_loss
 from scoresde.progress import progress_bar
 from scoresde.score import ScoreModel

@@ -7,7 +7,7 @@ import torch
 
 import scoresde as sd
 from scoresde.solvers import CountingScore, FlowField, odeint
-from scoresde.solvers.clock import (
+from scoresde.solvers.flow import (
     FlowCoordinates,
     ReferenceVPCoordinates,
     clock_of_log_snr,

@@ -168,7 +168,7 @@ def test_hutchinson_unbiased_with_variance_one_over_num_probes(probe: str) -> No
     x_rep = x.repeat(num_draws, 1)  # every row its own independent probes
     for num_probes in (1, 4, 16):
         est = sd.divergence(
-            fn, x_rep, estimator="hutchinson", probe=probe, num_probes=num_probes, generator=generator(num_probes)
+            fn, x_rep, divergence="hutchinson", probe=probe, num_probes=num_probes, generator=generator(num_probes)
         ).reshape(num_draws, 4)
         mean, var = est.mean(0), est.var(0)
         assert ((mean - exact).abs() <= Z_CRIT * (var / num_draws).sqrt()).all()
@@ -405,6 +405,38 @@ def test_encode_decode_round_trip(sde_name: str) -> None:
     assert (ll.z - enc.z).abs().max() < 10 * tol * (1 + enc.z.abs().max())
 
 
+@pytest.mark.parametrize("method", ["dopri5", "rk4"])
+def test_decode_is_sample_ode_and_fixed_grids_follow_one_rule(method: str) -> None:
+    """One solve behind both: decode(z) and sample_ode(x_init=z) give the same bits, adaptive or
+    on the fixed grid of num_steps (log-SNR, as sample_ode builds it); encode on that grid runs
+    the same steps forward, so the rk4 round trip error is O(h^4) small."""
+    sde, gmm = sd.SubVPSDE(), make_mixture(2)
+    score, steps = gmm.score_fn(sde), {"num_steps": 40} if method == "rk4" else {}
+    z = torch.randn(16, 2, generator=generator(5), dtype=torch.float64)
+    dec = sd.decode(score, sde, z, method=method, **steps)
+    res = sd.sample_ode(score, sde, x_init=z, method=method, **steps)
+    assert torch.equal(dec.x, res.x) and dec.nfe == res.nfe
+    if method == "rk4":
+        assert dec.nfe == 4 * 40
+        latent = sd.encode(score, sde, dec.x, method="rk4", num_steps=40).z
+        assert (sd.decode(score, sde, latent, method="rk4", num_steps=40).x - dec.x).abs().max() < 1e-3
+        log_p = gmm.log_prob_fn(sde)
+        ll = sd.log_likelihood(score, sde, dec.x, method="rk4", num_steps=40, prior_log_prob_fn=lambda y: log_p(y, 1.0))
+        assert (ll.log_prob - log_p(dec.x, sde.t_min)).abs().max() / 2 < NATS_PER_DIM_TOL
+
+
+def test_old_argument_names_still_work_with_a_warning() -> None:
+    score, sde, x = good_args()
+    with pytest.warns(DeprecationWarning, match="t_min= is now t_end="):
+        old = sd.log_likelihood(score, sde, x, t_min=1e-3)
+    assert torch.equal(old.log_prob, sd.log_likelihood(score, sde, x, t_end=1e-3).log_prob)
+    with pytest.warns(DeprecationWarning, match="estimator= is now divergence="):
+        div = sd.divergence(lambda y: -y, x, estimator="exact")
+    assert torch.equal(div, torch.full((4,), -2.0, dtype=torch.float64))
+    with pytest.raises(ValueError, match="not both"), pytest.warns(DeprecationWarning):
+        sd.encode(score, sde, x, t_min=1e-3, t_end=1e-3)
+
+
 # ----------------------------------------------------------------------------- gradients
 
 
@@ -493,10 +525,12 @@ def good_args() -> tuple:
         ({"probe": "uniform"}, ValueError, "probe must be one of"),
         ({"num_probes": 0}, ValueError, "num_probes must be a positive int"),
         ({"method": "rk45"}, ValueError, "method must be one of"),
-        ({"method": "euler"}, ValueError, "needs options="),
+        ({"method": "euler"}, ValueError, "needs num_steps"),
+        ({"method": "rk4", "num_steps": 4, "options": {"step_size": 0.1}}, ValueError, "not both"),
+        ({"method": "dopri5", "num_steps": 4}, ValueError, "chooses its own steps"),
+        ({"t_end": 1.0}, ValueError, r"t_end must be a number in \[0, T"),
         ({"rtol": 0.0}, ValueError, "rtol must be a finite number > 0"),
         ({"atol": float("nan")}, ValueError, "atol must be a finite number > 0"),
-        ({"t_min": 1.0}, ValueError, r"t_min must be a number in \[0, T"),
         ({"adjoint": True}, TypeError, "adjoint=True cannot find the parameters"),
         ({"prior_log_prob_fn": lambda z: z}, ValueError, "prior_log_prob_fn returned shape"),
     ],

@@ -113,7 +113,7 @@ def test_probability_flow_is_invertible(sde_name):
     gmm = overlapping_mixture_2d()
     score = gmm.score_fn(sde)
     x0 = gmm.sample(128, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
-    z = sd.encode(score, sde, x0, rtol=1e-9, atol=1e-9, t_min=T_END)
+    z = sd.encode(score, sde, x0, rtol=1e-9, atol=1e-9, t_end=T_END)
     back = sample_ode(score, sde, x_init=z.z, rtol=1e-9, atol=1e-9, t_end=T_END)
     assert z.nfe > 0 and back.nfe > 0
     # tolerance 1e-9 per step, over a few hundred steps, amplified by the flow's Lipschitz

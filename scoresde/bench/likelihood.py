@@ -41,9 +41,9 @@ from scoresde.bench.peers import (
     load_k_diffusion_sampling,
 )
 from scoresde.bench.problems import Problem
-from scoresde.likelihood import _draw_probes, _FlowWithDivergence, log_likelihood
-from scoresde.solvers._common import CountingScore
-from scoresde.solvers.odeint import FlowField
+from scoresde.likelihood import divergence as sd_divergence
+from scoresde.likelihood import log_likelihood
+from scoresde.solvers import CountingScore
 
 CONVERGED_TOL = 1e-9
 LlFn = Callable[[Problem, Tensor, float], tuple[Tensor, int]]
@@ -110,13 +110,16 @@ def _scipy_rk45(divergence: str) -> LlFn:
 
         sde, batch = problem.sde, x.shape[0]
         score = CountingScore(problem.score_fn)
-        probes = _draw_probes("rademacher", 1, x, _probe_generator()) if divergence == "hutchinson" else None
-        func = _FlowWithDivergence(FlowField(sde, score), probes, build_graph=False)  # in t, as score_sde did
+        velocity = sde.probability_flow(score).velocity  # in t, as score_sde did
 
         def rhs(t: float, y: np.ndarray) -> np.ndarray:
             state = torch.from_numpy(y[:-batch]).reshape(x.shape)
-            v, div = func(torch.tensor(t, dtype=torch.float64), (state, state.new_zeros(batch)))
-            return np.concatenate([v.reshape(-1).numpy(), div.numpy()])
+            time = torch.full((batch,), t, dtype=torch.float64)
+            v = []  # the one velocity evaluation the divergence makes, kept
+            # the same probe at every call: a fresh generator with the shared seed
+            div = sd_divergence(lambda y: v.append(velocity(y, time)) or v[0], state, divergence=divergence,
+                                generator=_probe_generator())  # fmt: skip
+            return np.concatenate([v[0].detach().reshape(-1).numpy(), div.numpy()])
 
         y0 = np.concatenate([x.reshape(-1).numpy(), np.zeros(batch)])
         sol = solve_ivp(rhs, (sde.t_min, sde.T), y0, method="RK45", rtol=tol, atol=tol)

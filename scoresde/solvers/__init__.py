@@ -4,6 +4,7 @@ torchdiffeq and torchsde. Each class documents its order and its paper."""
 from scoresde.solvers._common import CountingScore, NonFiniteError, StepContext
 from scoresde.solvers.correctors import CORRECTORS, AnnealedLangevin, Corrector, LangevinCorrector
 from scoresde.solvers.exponential import exponential_moments, exponential_weights
+from scoresde.solvers.flow import FlowField, FlowSolution, solve_flow
 from scoresde.solvers.ode import (
     DDIM,
     DPMSolverPP2M,
@@ -14,13 +15,7 @@ from scoresde.solvers.ode import (
     LogSNRStepper,
     ODEStepper,
 )
-from scoresde.solvers.odeint import (
-    ADAPTIVE_ODEINT_METHODS,
-    FIXED_GRID_ODEINT_METHODS,
-    ODEINT_METHODS,
-    FlowField,
-    odeint,
-)
+from scoresde.solvers.odeint import ADAPTIVE_ODEINT_METHODS, FIXED_GRID_ODEINT_METHODS, ODEINT_METHODS, odeint
 from scoresde.solvers.predictors import PREDICTORS, AncestralSampling, EulerMaruyama, Predictor, ReverseDiffusion
 from scoresde.solvers.registry import ODE_STEPPERS
 from scoresde.solvers.sdeint import SDEINT_METHODS, sdeint_reverse_sde
@@ -56,6 +51,8 @@ __all__ = [
     "ODE_STEPPERS",
     "odeint",
     "FlowField",
+    "FlowSolution",
+    "solve_flow",
     "ODEINT_METHODS",
     "ADAPTIVE_ODEINT_METHODS",
     "FIXED_GRID_ODEINT_METHODS",

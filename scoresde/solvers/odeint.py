@@ -1,11 +1,8 @@
-r"""The one adapter onto torchdiffeq (Chen et al. 2018), used by ``sample_ode`` and by the
-likelihood, encode and decode.
+r"""The one adapter onto torchdiffeq (Chen et al. 2018), used by the probability-flow solve
+(:mod:`scoresde.solvers.flow`).
 
-torchdiffeq calls ``func(t, y)`` with a 0-d time; :class:`FlowField` gives it the
-probability-flow velocity :math:`v(x, t) = f(x, t) - \tfrac12 g(t)^2 s(x, t)`, which needs
-only ``drift`` and ``diffusion``, so any :class:`~scoresde.SDE` works. Time runs in float64
-while the state keeps its dtype. Three of
-torchdiffeq's habits are corrected here:
+torchdiffeq calls ``func(t, y)`` with a 0-d time. Time runs in float64 while the state keeps
+its dtype. Four of torchdiffeq's habits are corrected here:
 
 * adaptive steps overshoot the last time and interpolate back, evaluating the score outside
   ``[t_min, T]`` (NaN below ``t = 0`` for VP): the last step is made to land on it;
@@ -30,10 +27,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from scoresde._tensor import as_time
-from scoresde.sde.base import SDE
 from scoresde.solvers import tsit5
-from scoresde.solvers._common import CountingScore, FirstNonFinite, NonFiniteError
+from scoresde.solvers._common import FirstNonFinite, NonFiniteError
 
 ADAPTIVE_ODEINT_ORDERS = {"tsit5": 5, "dopri8": 8, "dopri5": 5, "bosh3": 3, "fehlberg2": 2, "adaptive_heun": 2}
 """torchdiffeq's adaptive methods, and Tsitouras' pair run by its solver (:mod:`scoresde.solvers.tsit5`),
@@ -62,19 +57,6 @@ def per_sample_norm(state: State) -> Tensor:
     state taken separately."""
     parts = state if isinstance(state, tuple) else (state,)
     return torch.stack([p.reshape(p.shape[0], -1).square().mean(1).sqrt().amax() for p in parts]).amax()
-
-
-class FlowField(nn.Module):
-    """torchdiffeq's ``(t, x) -> v(x, t)`` for the probability-flow ODE of ``sde`` and a counted
-    score (a module, so the adjoint finds the score's parameters)."""
-
-    def __init__(self, sde: SDE, score: CountingScore) -> None:
-        super().__init__()
-        self.score = score
-        self.ode = sde.probability_flow(score)
-
-    def forward(self, t: Tensor, x: Tensor) -> Tensor:
-        return self.ode.velocity(x, as_time(t, x))
 
 
 def _parts(state: State) -> tuple[Tensor, ...]:
