@@ -153,7 +153,7 @@ def _where_training_stopped(trainer: Trainer, out: Path) -> str:
 
 _DEFAULT_STEPS = {"pc": 500, "sde": 1000}
 """Steps of each sampler when none are given (the ODE sampler is adaptive then)."""
-_DEFAULT_METHODS = {"ode": "dopri5", "sde": "euler"}
+_DEFAULT_METHODS = {"ode": "dopri5", "sde": "euler_maruyama"}
 
 
 def draw_samples(
@@ -462,7 +462,9 @@ def build_parser() -> argparse.ArgumentParser:
     sample = sub.add_parser("sample", help="draw samples from a checkpoint: PNG grid and .pt tensor")
     add_checkpoint_args(sample)
     sample.add_argument("--sampler", choices=("pc", "ode", "sde"), default="ode")
-    sample.add_argument("--method", help="ODE method (dopri5, heun, dpmpp_2m, ...) or SDE method (euler, srk, ...)")
+    sample.add_argument(
+        "--method", help="ODE method (dopri5, heun, dpmpp_2m, ...) or SDE method (euler_maruyama, srk, ...)"
+    )
     sample.add_argument("--steps", type=_positive_int, help="steps (default PC 500, SDE 1000; adaptive ODE: none)")
     sample.add_argument("--snr", type=float, default=0.16, help="Langevin corrector signal-to-noise ratio")
     sample.add_argument("--corrector", default="langevin", help="langevin, annealed_langevin or none")

@@ -21,7 +21,7 @@ from torch import Tensor
 from scoresde.metrics import pathwise_rmse
 from scoresde.sample import sample_ode
 from scoresde.sde.base import LinearSDE, ScoreFn
-from scoresde.solvers.registry import ODE_STEPPERS
+from scoresde.solvers.methods import lookup
 from scoresde.timesteps import check_time_grid, time_grid
 
 
@@ -77,8 +77,7 @@ def tune_time_grid(
     """
     if not isinstance(sde, LinearSDE):
         raise TypeError(f"tune_time_grid needs a LinearSDE (it moves steps in log-SNR), got {type(sde).__name__}")
-    if method not in ODE_STEPPERS:
-        raise ValueError(f"method must be a fixed-step solver {tuple(ODE_STEPPERS)}, got {method!r}")
+    lookup(method, "tune_time_grid", lambda m: m.integrates == "ode" and m.runner == "scoresde")
     if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < 1:
         raise ValueError(f"num_steps must be an int >= 1, got {num_steps!r}")
     if not isinstance(x_init, Tensor) or x_init.ndim < 2 or x_init.shape[0] < 2:

@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from scoresde._tensor import check_finite
 from scoresde.sde.base import SDE, ScoreFn
 from scoresde.solvers.flow import Divergence, FlowSolution, check_flow_args, solve_flow
+from scoresde.solvers.methods import Method
 from scoresde.timesteps import default_grid_kind, time_grid
 
 __all__ = [
@@ -194,22 +195,22 @@ def _check_divergence_args(kind: str, probe: str, num_probes: int, *, allow_auto
         raise ValueError(f"num_probes must be a positive int, got {num_probes!r}")
 
 
-def _flow_times(
-    score_fn: Any, sde: Any, method: str, rtol: float, atol: float, options: dict[str, Any] | None,
-    num_steps: int | None, t_end: float | None, t_min: float | None, forward: bool,
-) -> Tensor:
+def _flow_setup(
+    function: str, score_fn: Any, sde: Any, method: str, rtol: float | None, atol: float | None,
+    options: dict[str, Any] | None, num_steps: int | None, t_end: float | None, t_min: float | None, forward: bool,
+) -> tuple[Tensor, Method, float, float]:
     """Validate the arguments shared by every solve; return its float64 SDE times, from the data
-    end ``t_end`` to ``T`` (``forward``) or back."""
+    end ``t_end`` to ``T`` (``forward``) or back, the method and the tolerances."""
     if not isinstance(sde, SDE):
         raise TypeError(f"sde must be an scoresde.SDE, got {type(sde).__name__}")
     if not callable(score_fn):
         raise TypeError(f"score_fn must be callable (x, t) -> score, got {type(score_fn).__name__}")
     if t_min is not None:
-        warnings.warn("t_min= is now t_end= (the data end of the path, as in the samplers)", DeprecationWarning, 2)
+        warnings.warn("t_min= is now t_end= (the data end of the path, as in the samplers)", DeprecationWarning, 3)
         if t_end is not None:
             raise ValueError("give t_end, not both t_end and its old name t_min")
         t_end = t_min
-    check_flow_args(method, rtol, atol, options, num_steps)
+    solver, rtol, atol = check_flow_args(method, rtol, atol, options, num_steps, function)
     t_end = sde.t_min if t_end is None else t_end
     if not isinstance(t_end, (int, float)) or isinstance(t_end, bool) or not 0 <= t_end < sde.T:
         raise ValueError(f"t_end must be a number in [0, T={sde.T}), got {t_end!r}")
@@ -217,7 +218,7 @@ def _flow_times(
         times = torch.tensor([sde.T, float(t_end)], dtype=torch.float64)
     else:
         times = time_grid(sde, num_steps, default_grid_kind(sde), t_end=float(t_end))
-    return times.flip(0) if forward else times
+    return (times.flip(0) if forward else times), solver, rtol, atol
 
 
 def _divergence_fn(kind: str, probes: Tensor | None) -> Divergence:
@@ -238,8 +239,8 @@ def log_likelihood(
     probe: str = "rademacher",
     num_probes: int = 1,
     method: str = "dopri5",
-    rtol: float = 1e-5,
-    atol: float = 1e-5,
+    rtol: float | None = None,
+    atol: float | None = None,
     num_steps: int | None = None,
     options: dict[str, Any] | None = None,
     t_end: float | None = None,
@@ -269,8 +270,9 @@ def log_likelihood(
             ``"tsit5"`` (Tsitouras' pair, :mod:`scoresde.solvers.tsit5`) reaches a given accuracy in
             fewer evaluations than the default ``"dopri5"``, but its error estimate is more cautious:
             at the same tolerance it spends 15-40 % more evaluations for a 7-20x smaller error, so
-            give it a tolerance about ten times looser. Fixed-grid methods take ``num_steps`` steps
-            on the grid ``sample_ode`` uses (log-SNR for a linear SDE).
+            give it a tolerance about ten times looser. ``rtol``/``atol`` default to ``1e-5``.
+            Fixed-grid methods (``"rk4"``, ``"torchdiffeq_euler"``, ...) take ``num_steps`` steps on
+            the grid ``sample_ode`` uses (log-SNR for a linear SDE) and refuse tolerances.
         t_end: the data end of the path (default ``sde.t_min``); the result is :math:`\log p_{t_{end}}`.
             (``t_min``: its old name, deprecated.)
         prior_log_prob_fn: ``z -> (batch,)`` log-density at ``T`` (default the prior); e.g. the
@@ -286,7 +288,9 @@ def log_likelihood(
         :class:`LikelihoodResult` with ``(batch,)`` tensors in ``x``'s dtype. ``nfe`` counts
         the forward solve only (the adjoint's backward pass evaluates the score again).
     """
-    times = _flow_times(score_fn, sde, method, rtol, atol, options, num_steps, t_end, t_min, forward=True)
+    times, solver, rtol, atol = _flow_setup(
+        "log_likelihood", score_fn, sde, method, rtol, atol, options, num_steps, t_end, t_min, forward=True
+    )
     _check_state(x, "x")
     _check_divergence_args(divergence, probe, num_probes, allow_auto=True)
     if adjoint and adjoint_params is None and not isinstance(score_fn, nn.Module):
@@ -299,7 +303,7 @@ def log_likelihood(
     probes = _draw_probes(probe, num_probes, x, generator) if divergence == "hutchinson" else None
     with torch.set_grad_enabled(grad or adjoint):
         flow = solve_flow(
-            score_fn, sde, x, times, method=method, rtol=rtol, atol=atol, options=options,
+            score_fn, sde, x, times, method=solver, rtol=rtol, atol=atol, options=options,
             divergence=_divergence_fn(divergence, probes), build_graph=grad, adjoint=adjoint,
             adjoint_params=adjoint_params,
         )  # fmt: skip
@@ -313,14 +317,18 @@ def log_likelihood(
 
 
 def _transport(
-    score_fn: ScoreFn, sde: SDE, x: Tensor, name: str, forward: bool, *, method: str, rtol: float, atol: float,
-    num_steps: int | None, options: dict[str, Any] | None, t_end: float | None, t_min: float | None, grad: bool,
+    score_fn: ScoreFn, sde: SDE, x: Tensor, name: str, forward: bool, *, method: str, rtol: float | None,
+    atol: float | None, num_steps: int | None, options: dict[str, Any] | None, t_end: float | None,
+    t_min: float | None, grad: bool,
 ) -> FlowSolution:
-    """The probability-flow ODE from ``t_end`` to ``T`` (``forward``) or back."""
-    times = _flow_times(score_fn, sde, method, rtol, atol, options, num_steps, t_end, t_min, forward)
+    """The probability-flow ODE from ``t_end`` to ``T`` (``forward``, :func:`encode`) or back."""
+    function = "encode" if forward else "decode"
+    times, solver, rtol, atol = _flow_setup(
+        function, score_fn, sde, method, rtol, atol, options, num_steps, t_end, t_min, forward
+    )
     _check_state(x, name)
     with torch.set_grad_enabled(grad):
-        return solve_flow(score_fn, sde, x, times, method=method, rtol=rtol, atol=atol, options=options)
+        return solve_flow(score_fn, sde, x, times, method=solver, rtol=rtol, atol=atol, options=options)
 
 
 def encode(
@@ -329,8 +337,8 @@ def encode(
     x: Tensor,
     *,
     method: str = "dopri5",
-    rtol: float = 1e-5,
-    atol: float = 1e-5,
+    rtol: float | None = None,
+    atol: float | None = None,
     num_steps: int | None = None,
     options: dict[str, Any] | None = None,
     t_end: float | None = None,
@@ -354,8 +362,8 @@ def decode(
     z: Tensor,
     *,
     method: str = "dopri5",
-    rtol: float = 1e-5,
-    atol: float = 1e-5,
+    rtol: float | None = None,
+    atol: float | None = None,
     num_steps: int | None = None,
     options: dict[str, Any] | None = None,
     t_end: float | None = None,

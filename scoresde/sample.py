@@ -34,7 +34,7 @@ from torch import Tensor
 
 from scoresde._tensor import check_device, check_finite, check_float, check_float_dtype, check_generator
 from scoresde.progress import progress_bar
-from scoresde.sde.base import SDE, LinearSDE, ScoreFn
+from scoresde.sde.base import SDE, ScoreFn
 from scoresde.solvers._common import (
     CountingScore,
     FirstNonFinite,
@@ -43,18 +43,14 @@ from scoresde.solvers._common import (
     require_linear_sde,
     require_sde,
 )
-from scoresde.solvers.correctors import CORRECTORS, Corrector
-from scoresde.solvers.flow import flow_coordinates
-from scoresde.solvers.ode import LogSNRStepper
-from scoresde.solvers.odeint import ADAPTIVE_ODEINT_METHODS, ODEINT_METHODS, check_odeint_args, odeint
-from scoresde.solvers.predictors import PREDICTORS, EulerMaruyama, Predictor
-from scoresde.solvers.registry import ODE_STEPPERS
-from scoresde.solvers.sdeint import SDEINT_METHODS, sdeint_reverse_sde
-from scoresde.timesteps import check_time_grid, time_grid
+from scoresde.solvers.correctors import Corrector
+from scoresde.solvers.flow import check_flow_args, solve_flow
+from scoresde.solvers.methods import is_corrector, is_ode_solver, is_predictor, is_sde_solver, lookup
+from scoresde.solvers.predictors import Predictor
+from scoresde.solvers.sdeint import sdeint_reverse_sde
+from scoresde.timesteps import check_time_grid, default_grid_kind, time_grid
 
 SaveAt = Sequence[float] | Tensor | str | None
-TORCHSDE_PREFIX = "torchsde_"
-SDE_METHODS = ("euler", *(m if m != "euler" else TORCHSDE_PREFIX + m for m in SDEINT_METHODS))
 
 
 @dataclass
@@ -263,15 +259,12 @@ def sample_pc(
     """
     sde = require_sde(sde)
     score = CountingScore(score_fn)
-    if predictor not in PREDICTORS:
-        raise ValueError(f"predictor must be one of {tuple(PREDICTORS)}, got {predictor!r}")
-    if corrector is not None and corrector not in CORRECTORS:
-        raise ValueError(f"corrector must be one of {(*CORRECTORS, None)}, got {corrector!r}")
-    predictor_obj = PREDICTORS[predictor](sde, score)
+    predictor_obj = lookup(predictor, "sample_pc", is_predictor, "predictor").target(sde, score)
     corrector_obj: Corrector | None = None
     if corrector is not None:
+        corrector_cls = lookup(corrector, "sample_pc", is_corrector, "corrector").target
         extra: dict[str, Any] = {"norm": corrector_norm} if corrector == "langevin" else {}
-        corrector_obj = CORRECTORS[corrector](sde, score, snr=snr, num_steps=corrector_steps, **extra)
+        corrector_obj = corrector_cls(sde, score, snr=snr, num_steps=corrector_steps, **extra)
     _check_denoise(sde, denoise)
     times = _grid(sde, timesteps, num_steps, grid, t_end)
     x = _initial_state(sde, shape, x_init, generator, device, dtype)
@@ -286,7 +279,7 @@ def sample_sde(
     sde: SDE,
     shape: tuple[int, ...] | None = None,
     *,
-    method: str = "euler",
+    method: str = "euler_maruyama",
     num_steps: int | None = 1000,
     grid: str = "uniform",
     t_end: float | None = None,
@@ -303,34 +296,33 @@ def sample_sde(
     down to ``t_end``.
 
     Args:
-        method: ``"euler"`` (this library's Euler–Maruyama loop, any grid; strong and weak
-            order 1), or a torchsde method: ``"torchsde_euler"``, ``"milstein"``, ``"srk"``
-            (strong order 1.5), ``"reversible_heun"`` (see :mod:`scoresde.solvers.sdeint`).
-            torchsde methods take ``num_steps`` equal steps; they accept ``timesteps`` only if
-            uniform, and store ``save_at`` states by linear interpolation between steps.
+        method: this library's one-step updates on any grid, ``"euler_maruyama"`` (strong and
+            weak order 1; ``"euler"`` is its old name, deprecated), ``"reverse_diffusion"``,
+            ``"ancestral"`` (the predictors of :func:`sample_pc`, run without a corrector), or a
+            torchsde method: ``"torchsde_euler"``, ``"milstein"``, ``"srk"`` (strong order 1.5),
+            ``"reversible_heun"`` (see :mod:`scoresde.solvers.sdeint`). torchsde methods take
+            ``num_steps`` equal steps; they accept ``timesteps`` only if uniform, and store
+            ``save_at`` states by linear interpolation between steps.
 
     Works with any :class:`~scoresde.SDE` (``denoise=True`` needs a LinearSDE). NFE counts
     score calls: one per step for Euler, more for ``srk``.
     """
     sde = require_sde(sde)
     score = CountingScore(score_fn)
-    if method not in SDE_METHODS:
-        raise ValueError(f"method must be one of {SDE_METHODS}, got {method!r}")
+    solver = lookup(method, "sample_sde", is_sde_solver)
     _check_denoise(sde, denoise)
     times = _grid(sde, timesteps, num_steps, grid, t_end)
     x = _initial_state(sde, shape, x_init, generator, device, dtype)
-    if method == "euler":
+    if solver.runner == "scoresde":
         return _run_predictor_corrector(
-            EulerMaruyama(sde, score), None, score, sde, x, times, save_at,
-            generator=generator, denoise=denoise, progress=progress, desc="sample_sde(euler)",
+            solver.target(sde, score), None, score, sde, x, times, save_at,
+            generator=generator, denoise=denoise, progress=progress, desc=f"sample_sde({solver.name})",
         )  # fmt: skip
     steps = torch.diff(times)
     if not torch.allclose(steps, steps[0], rtol=1e-6, atol=0):
         raise ValueError(f"torchsde method {method!r} needs a uniform grid (equal steps); got steps {steps.tolist()}")
     times, mask = _with_save_points(times[[0, -1]], save_at)
-    states = sdeint_reverse_sde(
-        sde, score, x, times, method=method.removeprefix(TORCHSDE_PREFIX), num_steps=len(steps), generator=generator
-    )
+    states = sdeint_reverse_sde(sde, score, x, times, method=solver.target, num_steps=len(steps), generator=generator)
     saved = list(states[mask.to(states.device)])
     return _finish(sde, score, states[-1], times, denoise, _trajectory(times, mask, saved))
 
@@ -361,62 +353,47 @@ def sample_ode(
 
     Args:
         method: the library's fixed-step solvers ``"euler"`` (order 1), ``"heun"`` (2, EDM),
-            ``"ddim"`` (1), ``"dpmpp_2m"`` (2), ``"dpmpp_3m"`` (3) — the last three need a
-            :class:`~scoresde.LinearSDE` and ``t_end > 0`` — or any torchdiffeq method
-            (``"dopri5"``, ``"rk4"``, ...; adaptive ones use ``rtol``/``atol``, fixed-grid ones
-            one step per grid interval).
+            ``"ddim"`` (1), ``"dpmpp_2m"`` (2), ``"dpmpp_3m"`` (3), ``"unipc_2"``, ``"unipc_3"``
+            — all but the first two need a :class:`~scoresde.LinearSDE` and ``t_end > 0`` — or a
+            torchdiffeq method (``"dopri5"``, ``"tsit5"``, ``"rk4"``, ``"torchdiffeq_euler"``, ...;
+            :data:`~scoresde.solvers.METHODS`), solved by :func:`scoresde.solvers.flow.solve_flow`,
+            the solve of :func:`~scoresde.decode`.
         num_steps: steps for the fixed-step methods (an adaptive method refuses it).
         rtol, atol: tolerances of the adaptive methods (default ``1e-5`` each). A fixed-step
-            method would ignore them, so it refuses them, as this library's solvers refuse
-            ``options``.
+            method would ignore them, so it refuses them.
         grid: grid kind for ``num_steps`` (default ``"log_snr"`` for a LinearSDE, as
             DPM-Solver recommends, else ``"uniform"``).
-        options: passed to torchdiffeq's ``odeint``. torchdiffeq methods integrate a linear
-            SDE's ODE in the reference VP coordinates of :mod:`scoresde.solvers.flow`.
+        options: the solver's options: torchdiffeq's ``odeint`` options for its methods (in the
+            reference VP coordinates of :mod:`scoresde.solvers.flow` for a linear SDE), keyword
+            options of this library's solvers (UniPC's ``{"variant": "bh2"}``); a solver that takes
+            none refuses them.
 
     :func:`~scoresde.encode` integrates the same ODE forward, from data to latent.
     """
     sde = require_sde(sde)
     score = CountingScore(score_fn)
-    adaptive = method in ADAPTIVE_ODEINT_METHODS
-    if method not in ODE_STEPPERS and method not in ODEINT_METHODS:
-        raise ValueError(f"method must be one of {(*ODE_STEPPERS, *ODEINT_METHODS)}, got {method!r}")
-    stepper = ODE_STEPPERS[method](sde, score) if method in ODE_STEPPERS else None
+    solver = lookup(method, "sample_ode", is_ode_solver)
     _check_denoise(sde, denoise)
-    if not adaptive:
+    if solver.runner == "torchdiffeq":
+        steps = num_steps if timesteps is None or solver.adaptive else len(timesteps) - 1
+        solver, rtol, atol = check_flow_args(method, rtol, atol, options, steps, "sample_ode")
+        stepper = None
+    else:
         ignored = [f"{name}={value!r}" for name, value in (("rtol", rtol), ("atol", atol)) if value is not None]
         if ignored:
-            raise ValueError(
-                f"method={method!r} takes fixed steps and uses no tolerance: drop {', '.join(ignored)} "
-                f"or pick an adaptive method {ADAPTIVE_ODEINT_METHODS}"
-            )
-        if stepper is not None and options is not None:
-            raise ValueError(
-                f"options go to torchdiffeq; method={method!r} is this library's own and takes none, got {options!r}"
-            )
-    rtol = 1e-5 if rtol is None else rtol
-    atol = 1e-5 if atol is None else atol
-    if stepper is None:
-        check_odeint_args(method, rtol, atol)
-    if adaptive:
-        if num_steps is not None:
-            raise ValueError(f"method={method!r} chooses its own steps: set rtol/atol, not num_steps={num_steps}")
+            raise ValueError(f"method={method!r} takes fixed steps and uses no tolerance: drop {', '.join(ignored)}")
+        stepper = _build_stepper(solver.target, sde, score, options, method)
+    if solver.adaptive:
         times = _grid(sde, timesteps, 1 if timesteps is None else None, "uniform", t_end)
         times = times if timesteps is not None else times[[0, -1]]
     else:
-        kind = grid or ("log_snr" if isinstance(sde, LinearSDE) else "uniform")
-        times = _grid(sde, timesteps, num_steps, kind, t_end)
-    if isinstance(stepper, LogSNRStepper) and times[-1] <= 0:
-        raise ValueError(f"method={method!r} works in log-SNR, infinite at t=0: end the grid at t_end > 0")
+        times = _grid(sde, timesteps, num_steps, grid or default_grid_kind(sde), t_end)
+    if stepper is not None:
+        stepper.check_grid(times)
     x = _initial_state(sde, shape, x_init, generator, device, dtype)
     times, mask = _with_save_points(times, save_at)
     if stepper is None:
-        coords = flow_coordinates(sde, score, times)
-        states = odeint(
-            coords.field, coords.to_state(x, times[0]), coords.clock(times), method=method, rtol=rtol, atol=atol,
-            options=options, what=coords.what,
-        )  # fmt: skip
-        states = coords.from_state(states, times)
+        states = solve_flow(score, sde, x, times, method=solver, rtol=rtol, atol=atol, options=options).x
         saved = list(states[mask.to(states.device)])
         return _finish(sde, score, states[-1], times, denoise, _trajectory(times, mask, saved))
     ctx = StepContext(generator=generator)
@@ -429,3 +406,14 @@ def sample_ode(
     x, saved = _run_grid(step, x, times, mask, progress=progress, desc=f"sample_ode({method})")
     return _finish(sde, score, x, times, denoise, _trajectory(times, mask, saved))
 
+
+def _build_stepper(cls: type, sde: SDE, score: CountingScore, options: dict[str, Any] | None, method: str) -> Any:
+    """``cls(sde, score, **options)``, refusing options the solver does not take by name."""
+    if options is not None and not isinstance(options, dict):
+        raise TypeError(f"options must be a dict, got {type(options).__name__}")
+    try:
+        return cls(sde, score, **(options or {}))
+    except TypeError as err:
+        if not options:
+            raise
+        raise ValueError(f"method={method!r} does not take the options {options!r} ({err})") from None

@@ -66,7 +66,7 @@ def test_train_resume_extends_the_run(run_dir, tmp_path, capsys):
     ("sampler", "extra", "stem"),
     [("pc", ["--steps", "3"], "pc-langevin-snr0.16-3steps"), ("ode", ["--rtol", "1e-2"], "ode-dopri5-rtol0.01"),
      ("ode", ["--method", "dpmpp_2m", "--steps", "3"], "ode-dpmpp_2m-3steps"),
-     ("sde", ["--steps", "3"], "sde-euler-3steps")],
+     ("sde", ["--steps", "3"], "sde-euler_maruyama-3steps")],
 )  # fmt: skip
 def test_sample(run_dir, tmp_path, capsys, sampler, extra, stem):
     args = ["sample", "--checkpoint", str(run_dir / "run" / "checkpoint.pt"), "--sampler", sampler, "--num", "5",
@@ -89,9 +89,9 @@ def test_samples_with_other_settings_do_not_overwrite_each_other(run_dir, tmp_pa
     for extra in ([], ["--steps", "3"], ["--seed", "1"], ["--num", "3"], ["--no-ema"], ["--method", "srk"]):
         assert main([*base, *extra]) == 0
     assert sorted(p.name for p in tmp_path.glob("*.pt")) == [
-        "sde-euler-2steps-n2-seed0-ckpt3-raw.pt", "sde-euler-2steps-n2-seed0-ckpt3.pt",
-        "sde-euler-2steps-n2-seed1-ckpt3.pt", "sde-euler-2steps-n3-seed0-ckpt3.pt",
-        "sde-euler-3steps-n2-seed0-ckpt3.pt", "sde-srk-2steps-n2-seed0-ckpt3.pt",
+        "sde-euler_maruyama-2steps-n2-seed0-ckpt3-raw.pt", "sde-euler_maruyama-2steps-n2-seed0-ckpt3.pt",
+        "sde-euler_maruyama-2steps-n2-seed1-ckpt3.pt", "sde-euler_maruyama-2steps-n3-seed0-ckpt3.pt",
+        "sde-euler_maruyama-3steps-n2-seed0-ckpt3.pt", "sde-srk-2steps-n2-seed0-ckpt3.pt",
     ]  # fmt: skip
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import scoresde as sd
-from scoresde.solvers import CountingScore, FlowField, odeint
+from scoresde.solvers import METHODS, CountingScore, FlowField, odeint
 from scoresde.solvers.flow import (
     FlowCoordinates,
     ReferenceVPCoordinates,
@@ -93,7 +93,7 @@ def test_solve_lands_where_the_solve_in_sde_time_does(sde):
     z = sd.encode(gmm.score_fn(sde), sde, x, rtol=tol, atol=tol).z
     span = torch.tensor([sde.t_min, sde.T], dtype=torch.float64)
     velocity = FlowField(sde, CountingScore(gmm.score_fn(sde)))
-    z_own_time = odeint(velocity, x, span, method="dopri5", rtol=tol, atol=tol)[-1]
+    z_own_time = odeint(velocity, x, span, method=METHODS["dopri5"], rtol=tol, atol=tol)[-1]
     assert ((z - z_own_time).abs() / (1 + z_own_time.abs())).max() < 1e-6
     back = sd.sample_ode(gmm.score_fn(sde), sde, x_init=z, rtol=tol, atol=tol, t_end=sde.t_min).x
     assert (back - x).abs().max() < 1e-6

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import scoresde as sd
-from scoresde.sample import SDE_METHODS, sample_ode, sample_pc, sample_sde
-from scoresde.solvers import NonFiniteError
+from scoresde.sample import sample_ode, sample_pc, sample_sde
+from scoresde.solvers import METHODS, NonFiniteError
 from scoresde.solvers._common import FirstNonFinite
 from tests.conftest import SDE_FACTORIES, PlainOU, mixture_16d, separated_mixture_2d
 
@@ -248,7 +248,7 @@ def test_explicit_timesteps_are_used():
 @pytest.mark.parametrize(
     "run",
     [
-        lambda s, sde, **kw: sample_sde(s, sde, method="euler", num_steps=100, grid="quadratic", **kw),
+        lambda s, sde, **kw: sample_sde(s, sde, method="euler_maruyama", num_steps=100, grid="quadratic", **kw),
         # torchsde takes equal steps: more of them for the stiff end near t_min
         lambda s, sde, **kw: sample_sde(s, sde, method="torchsde_euler", num_steps=400, **kw),
         lambda s, sde, **kw: sample_sde(s, sde, method="reversible_heun", num_steps=400, **kw),
@@ -345,8 +345,8 @@ def nan_from_call(n):
          r"sample_ode\(euler\) .* at step 3 \(t=0.997"),
         (lambda s, sde: sample_ode(s, sde, (8, 2), method="dpmpp_2m", num_steps=1000), 1,
          r"sample_ode\(dpmpp_2m\) .* at step 3 "),
-        (lambda s, sde: sample_sde(s, sde, (8, 2), method="euler", num_steps=1000), 1,
-         r"sample_sde\(euler\) .* at step 3 \(t=0.997"),
+        (lambda s, sde: sample_sde(s, sde, (8, 2), method="euler_maruyama", num_steps=1000), 1,
+         r"sample_sde\(euler_maruyama\) .* at step 3 \(t=0.997"),
         (lambda s, sde: sample_sde(s, sde, (8, 2), method="torchsde_euler", num_steps=1000), 1,
          r"drift \(torchsde euler\) became non-finite .* at drift evaluation 3 "),
     ],
@@ -396,7 +396,8 @@ def score_2d(x, t):
         (lambda sde: sample_pc(score_2d, sde, (4, 2), num_steps=3, t_end=0.1, save_at=[0.05]), ValueError,
          r"save_at times must lie in \[0.1, 1.0\]"),
         (lambda sde: sample_pc(score_2d, sde, (4, 2), denoise=1), TypeError, "denoise must be True or False"),
-        (lambda sde: sample_pc(score_2d, sde, (4, 2), predictor="heun"), ValueError, "predictor must be one of"),
+        (lambda sde: sample_pc(score_2d, sde, (4, 2), predictor="heun"), ValueError,
+         "sample_pc cannot run predictor='heun' .scoresde's ode solver"),
         (lambda sde: sample_pc(score_2d, sde, (4, 2), corrector="hmc"), ValueError, "corrector must be one of"),
         (lambda sde: sample_pc(score_2d, sde, (4, 2), snr=0.0), ValueError, "snr must be a number > 0"),
         (lambda sde: sample_pc(score_2d, sde, (4, 2), corrector_steps=0), ValueError,
@@ -404,7 +405,7 @@ def score_2d(x, t):
         (lambda sde: sample_pc(score_2d, sde, (4, 2), corrector_norm="max"), ValueError, "norm must be one of"),
         (lambda sde: sample_pc("score", sde, (4, 2)), TypeError, "score_fn must be callable"),
         (lambda sde: sample_pc(score_2d, "vp", (4, 2)), TypeError, "sde must be a scoresde.SDE"),
-        (lambda sde: sample_sde(score_2d, sde, (4, 2), method="rk4"), ValueError, "method must be one of"),
+        (lambda sde: sample_sde(score_2d, sde, (4, 2), method="rk4"), ValueError, "sample_sde cannot run method='rk4'"),
         (lambda sde: sample_sde(score_2d, sde, (4, 2), method="srk", num_steps=None, timesteps=[1.0, 0.9, 0.1]),
          ValueError, "needs a uniform grid"),
         (lambda sde: sample_ode(score_2d, sde, (4, 2), method="rk45"), ValueError, "method must be one of"),
@@ -414,7 +415,11 @@ def score_2d(x, t):
         (lambda sde: sample_ode(score_2d, sde, (4, 2), method="ddim", num_steps=None, timesteps=[1.0, 0.0]),
          ValueError, "end the grid at t_end > 0"),
         (lambda sde: sd.encode(score_2d, sde, torch.zeros(4, 2), method="ddim"), ValueError,
-         "method must be one of"),
+         r"encode cannot run method='ddim' \(scoresde's ode solver\)"),
+        (lambda sde: sd.decode(score_2d, sde, torch.zeros(4, 2), method="euler"), ValueError,
+         r"decode cannot run method='euler' \(scoresde's ode solver\); torchdiffeq's is 'torchdiffeq_euler'"),
+        (lambda sde: sample_ode(score_2d, sde, (4, 2), method="srk"), ValueError,
+         r"sample_ode cannot run method='srk' \(torchsde's sde solver\)"),
         # a fixed-step method would ignore tolerances, and this library's ignore torchdiffeq options
         (lambda sde: sample_ode(score_2d, sde, (4, 2), method="dpmpp_2m", num_steps=5, rtol=-1), ValueError,
          r"method='dpmpp_2m' takes fixed steps and uses no tolerance: drop rtol=-1"),
@@ -423,7 +428,9 @@ def score_2d(x, t):
         (lambda sde: sample_ode(score_2d, sde, (4, 2), method="rk4", num_steps=5, atol=1e-5), ValueError,
          r"method='rk4' takes fixed steps .* drop atol=1e-05"),
         (lambda sde: sample_ode(score_2d, sde, (4, 2), method="ddim", num_steps=5, options={"step_size": 0.1}),
-         ValueError, r"method='ddim' is this library's own and takes none, got \{'step_size': 0.1\}"),
+         ValueError, r"method='ddim' does not take the options \{'step_size': 0.1\}"),
+        (lambda sde: sample_ode(score_2d, sde, (4, 2), method="unipc_2", num_steps=5, options={"variant": "b"}),
+         ValueError, r"variant must be one of"),
         # dtypes, generators and devices, named
         (lambda sde: sample_pc(score_2d, sde, (4, 2), num_steps=3, dtype=torch.long), TypeError,
          r"dtype must be a real floating-point torch.dtype .* got torch.int64"),
@@ -448,8 +455,21 @@ def test_errors(call, error, match):
         call(sd.VPSDE())
 
 
-def test_torchsde_methods_listed():
-    assert SDE_METHODS == ("euler", "torchsde_euler", "milstein", "srk", "reversible_heun")
+def test_one_method_table():
+    """Every name means one solver: sample_sde takes ours and torchsde's reverse-SDE methods,
+    its old 'euler' is euler_maruyama with a warning (same samples), and sample_ode passes
+    options to this library's solvers (UniPC's variant)."""
+    sde_methods = [name for name, m in METHODS.items() if m.integrates == "sde"]
+    assert sde_methods == ["euler_maruyama", "reverse_diffusion", "ancestral", "torchsde_euler", "milstein", "srk",
+                           "reversible_heun"]  # fmt: skip
+    sde, g = sd.VPSDE(), lambda: torch.Generator().manual_seed(3)
+    new = sample_sde(score_2d, sde, (4, 2), method="euler_maruyama", num_steps=5, generator=g())
+    with pytest.warns(DeprecationWarning, match=r"sample_sde\(method='euler'\) is now 'euler_maruyama'"):
+        old = sample_sde(score_2d, sde, (4, 2), method="euler", num_steps=5, generator=g())
+    assert torch.equal(old.x, new.x)
+    bh2 = sample_ode(score_2d, sde, (4, 2), method="unipc_2", num_steps=5, options={"variant": "bh2"}, generator=g())
+    exact = sample_ode(score_2d, sde, (4, 2), method="unipc_2", num_steps=5, generator=g())
+    assert not torch.equal(bh2.x, exact.x) and bh2.nfe == exact.nfe
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")

@@ -24,10 +24,11 @@ import torch
 
 import scoresde as sd
 from scoresde.sample import sample_ode, sample_sde
+from scoresde.solvers import METHODS
 from scoresde.solvers._common import FirstNonFinite, NonFiniteError
 from tests.conftest import SDE_FACTORIES, overlapping_mixture_2d
 
-ORDERS = {"euler": 1, "heun": 2, "ddim": 1, "dpmpp_2m": 2, "dpmpp_3m": 3, "unipc_2": 3, "unipc_3": 4}
+ORDERS = {name: m.target.order for name, m in METHODS.items() if m.integrates == "ode" and m.runner == "scoresde"}
 STEPS = {method: [20, 40, 80, 160] for method in ORDERS} | {"dpmpp_3m": [10, 20, 40, 80]}
 T_END = 1e-3
 MEASURED_SLOPES: dict[tuple[str, str], float] = {}
@@ -136,7 +137,7 @@ def test_euler_maruyama_weak_error_falls():
     target_var = s0**2 + sde.sigma(torch.tensor(T_END, dtype=torch.float64)).item() ** 2
     errors = []
     for n in [4, 8, 16, 32]:
-        x = sample_sde(score, sde, (100_000, 1), method="euler", num_steps=n, t_end=T_END,
+        x = sample_sde(score, sde, (100_000, 1), method="euler_maruyama", num_steps=n, t_end=T_END,
                        generator=torch.Generator().manual_seed(3), dtype=torch.float64).x  # fmt: skip
         errors.append(abs(x.var().item() - target_var))
     standard_error = target_var * math.sqrt(2 / 100_000)
@@ -234,3 +235,26 @@ def test_tsit5_tableau_has_order_5_with_an_embedded_order_4():
                                dtype=torch.float64)
         assert weights.sum().item() == pytest.approx(theta, abs=1e-12)  # coefficients up to ~90, 16 digits
     torch.testing.assert_close(weights, b, rtol=0, atol=1e-12)
+
+
+def test_method_tsit5_runs_our_tableau_whatever_torchdiffeq_calls_tsit5(monkeypatch):
+    """torchdiffeq's main branch ships a 'tsit5' of its own: ours is registered under a name it
+    does not use, so method='tsit5' keeps running our tableau even when torchdiffeq has one."""
+    from torchdiffeq._impl.odeint import SOLVERS
+
+    from scoresde.solvers import tsit5
+
+    gmm, sde = overlapping_mixture_2d(), sd.VPSDE()
+    x = gmm.sample(16, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    before = sd.encode(gmm.score_fn(sde), sde, x, method="tsit5")
+    solver = SOLVERS[tsit5.TORCHDIFFEQ_NAME]
+    torch.testing.assert_close(solver.tableau.c_sol, torch.tensor(tsit5.B, dtype=torch.float64), rtol=0, atol=0)
+
+    class TheirTsit5:  # a stand-in for a torchdiffeq release with its own method of that name
+        def __init__(self, *args, **kwargs):
+            raise AssertionError("torchdiffeq's tsit5 ran instead of ours")
+
+    monkeypatch.setitem(SOLVERS, "tsit5", TheirTsit5)
+    after = sd.encode(gmm.score_fn(sde), sde, x, method="tsit5")
+    assert torch.equal(before.z, after.z) and before.nfe == after.nfe
+    assert not torch.equal(before.z, sd.encode(gmm.score_fn(sde), sde, x, method="dopri5").z)

@@ -2,9 +2,10 @@
 torchdiffeq and torchsde. Each class documents its order and its paper."""
 
 from scoresde.solvers._common import CountingScore, NonFiniteError, StepContext
-from scoresde.solvers.correctors import CORRECTORS, AnnealedLangevin, Corrector, LangevinCorrector
+from scoresde.solvers.correctors import AnnealedLangevin, Corrector, LangevinCorrector
 from scoresde.solvers.exponential import exponential_moments, exponential_weights
 from scoresde.solvers.flow import FlowField, FlowSolution, solve_flow
+from scoresde.solvers.methods import METHODS, Method
 from scoresde.solvers.ode import (
     DDIM,
     DPMSolverPP2M,
@@ -15,10 +16,9 @@ from scoresde.solvers.ode import (
     LogSNRStepper,
     ODEStepper,
 )
-from scoresde.solvers.odeint import ADAPTIVE_ODEINT_METHODS, FIXED_GRID_ODEINT_METHODS, ODEINT_METHODS, odeint
-from scoresde.solvers.predictors import PREDICTORS, AncestralSampling, EulerMaruyama, Predictor, ReverseDiffusion
-from scoresde.solvers.registry import ODE_STEPPERS
-from scoresde.solvers.sdeint import SDEINT_METHODS, sdeint_reverse_sde
+from scoresde.solvers.odeint import odeint
+from scoresde.solvers.predictors import AncestralSampling, EulerMaruyama, Predictor, ReverseDiffusion
+from scoresde.solvers.sdeint import sdeint_reverse_sde
 from scoresde.solvers.unipc import UNIPC_VARIANTS, UniPC, UniPC2, UniPC3
 
 __all__ = [
@@ -29,11 +29,9 @@ __all__ = [
     "EulerMaruyama",
     "ReverseDiffusion",
     "AncestralSampling",
-    "PREDICTORS",
     "Corrector",
     "LangevinCorrector",
     "AnnealedLangevin",
-    "CORRECTORS",
     "ODEStepper",
     "Euler",
     "Heun",
@@ -48,14 +46,11 @@ __all__ = [
     "UNIPC_VARIANTS",
     "exponential_moments",
     "exponential_weights",
-    "ODE_STEPPERS",
+    "METHODS",
+    "Method",
     "odeint",
     "FlowField",
     "FlowSolution",
     "solve_flow",
-    "ODEINT_METHODS",
-    "ADAPTIVE_ODEINT_METHODS",
-    "FIXED_GRID_ODEINT_METHODS",
     "sdeint_reverse_sde",
-    "SDEINT_METHODS",
 ]

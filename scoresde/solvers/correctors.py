@@ -108,9 +108,3 @@ class AnnealedLangevin(Corrector):
     def _step_size(self, score: Tensor, noise: Tensor, t: Tensor, scale_sq: Tensor) -> Tensor:
         eps = 2 * scale_sq * (self.snr * self.sde.sigma(t)).square()
         return eps.to(score.dtype).expand(score.shape[0])
-
-
-CORRECTORS: dict[str, type[Corrector]] = {
-    "langevin": LangevinCorrector,
-    "annealed_langevin": AnnealedLangevin,
-}

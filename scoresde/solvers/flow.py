@@ -43,7 +43,8 @@ from scoresde._tensor import append_dims, as_time
 from scoresde.sde.base import SDE, LinearSDE
 from scoresde.sde.vp import LinearBeta
 from scoresde.solvers._common import CountingScore
-from scoresde.solvers.odeint import ADAPTIVE_ODEINT_METHODS, FIXED_GRID_ODEINT_METHODS, check_odeint_args, odeint
+from scoresde.solvers.methods import Method, is_flow_solver, lookup, names
+from scoresde.solvers.odeint import check_tolerances, odeint
 
 REFERENCE_SCHEDULE = LinearBeta(beta_min=0.1, beta_max=20.0)
 """The reference VP schedule whose time is the clock."""
@@ -182,23 +183,36 @@ class _WithDivergence(nn.Module):
 
 
 def check_flow_args(
-    method: str, rtol: float, atol: float, options: dict[str, Any] | None, num_steps: int | None
-) -> None:
-    """The one contract of every flow solve, checked at the public boundary: a torchdiffeq method,
-    tolerances that are finite numbers > 0, and steps chosen one way only: an adaptive method chooses
-    its own (``num_steps`` refused), a fixed-grid one takes ``num_steps`` steps (or torchdiffeq's
-    ``options={"step_size": ...}``, on the clock) and refuses to run without them, where torchdiffeq
-    would silently take one step over the whole interval."""
-    check_odeint_args(method, rtol, atol)
+    name: str, rtol: float | None, atol: float | None, options: dict[str, Any] | None, num_steps: int | None,
+    function: str,
+) -> tuple[Method, float, float]:
+    """The one contract of every flow solve, checked at the public boundary (``function`` names it
+    in messages): a torchdiffeq method of :data:`~scoresde.solvers.methods.METHODS`, and steps chosen
+    one way only. An adaptive method chooses its own from ``rtol``/``atol`` (finite numbers > 0,
+    default ``1e-5``) and refuses ``num_steps``; a fixed-grid one takes ``num_steps`` steps (or
+    torchdiffeq's ``options={"step_size": ...}``, on the clock, which then sets the steps while the
+    grid only gives the reported times), refuses to run without them, where
+    torchdiffeq would silently take one step over the whole interval, and refuses tolerances it
+    would ignore. Returns the method and the tolerances to use."""
+    method = lookup(name, function, is_flow_solver)
     if options is not None and not isinstance(options, dict):
         raise TypeError(f"options must be a dict of torchdiffeq options, got {type(options).__name__}")
     grid_in_options = bool(options) and ("step_size" in options or "grid_constructor" in options)
-    if method in ADAPTIVE_ODEINT_METHODS and num_steps is not None:
-        raise ValueError(f"method={method!r} chooses its own steps: set rtol/atol, not num_steps={num_steps}")
-    if method in FIXED_GRID_ODEINT_METHODS and num_steps is None and not grid_in_options:
-        raise ValueError(f"fixed-grid method {method!r} needs num_steps (or options={{'step_size': ...}})")
-    if num_steps is not None and grid_in_options:
-        raise ValueError("give num_steps or options' step_size/grid_constructor, not both")
+    if method.adaptive:
+        if num_steps is not None:
+            raise ValueError(f"method={name!r} chooses its own steps: set rtol/atol, not num_steps={num_steps}")
+        rtol, atol = (1e-5 if rtol is None else rtol), (1e-5 if atol is None else atol)
+        check_tolerances(rtol, atol)
+        return method, rtol, atol
+    ignored = [f"{key}={value!r}" for key, value in (("rtol", rtol), ("atol", atol)) if value is not None]
+    if ignored:
+        raise ValueError(
+            f"method={name!r} takes fixed steps and uses no tolerance: drop {', '.join(ignored)} "
+            f"or pick an adaptive method {names(lambda m: m.adaptive)}"
+        )
+    if num_steps is None and not grid_in_options:
+        raise ValueError(f"fixed-grid method {name!r} needs num_steps (or options={{'step_size': ...}})")
+    return method, 0.0, 0.0  # torchdiffeq's fixed-grid solvers take but never read tolerances
 
 
 @dataclass(frozen=True)
@@ -218,7 +232,7 @@ def solve_flow(
     x: Tensor,
     times: Tensor,
     *,
-    method: str,
+    method: Method,
     rtol: float,
     atol: float,
     options: dict[str, Any] | None = None,
@@ -228,7 +242,8 @@ def solve_flow(
     adjoint_params: Sequence[Tensor] | None = None,
 ) -> FlowSolution:
     """Integrate the probability-flow ODE of ``sde`` and ``score_fn`` from ``x`` at ``times[0]``
-    through the monotone float64 SDE ``times`` (either direction) with torchdiffeq's ``method``.
+    through the monotone float64 SDE ``times`` (either direction) with the torchdiffeq ``method``
+    (from :func:`check_flow_args`).
 
     Adaptive methods choose their own steps and report the states at ``times``; fixed-grid
     methods take one step per interval of ``times`` (unless ``options`` give a ``step_size`` or

@@ -35,14 +35,18 @@ class ODEStepper(ABC):
     def __init__(self, sde: SDE, score_fn: ScoreFn) -> None:
         self.sde = require_sde(sde)
         self.score_fn = score_fn
+        self.flow = self.sde.probability_flow(score_fn)
 
     @abstractmethod
     def step(self, x: Tensor, t: Tensor, s: Tensor, ctx: StepContext) -> Tensor:
         """Advance ``x`` from time ``t`` to ``s < t`` (0-d time tensors)."""
 
+    def check_grid(self, grid: Tensor) -> None:  # noqa: B027 (a hook: most solvers run any grid)
+        """Raise ``ValueError`` if the descending ``grid`` is one this solver cannot run (none here)."""
+
     def velocity(self, x: Tensor, t: Tensor) -> Tensor:
         r"""The PF-ODE velocity :math:`dx/dt` at a scalar time ``t`` (one score evaluation)."""
-        return self.sde.probability_flow(self.score_fn).velocity(x, as_time(t, x))
+        return self.flow.velocity(x, as_time(t, x))
 
 
 class Euler(ODEStepper):
@@ -80,6 +84,13 @@ class LogSNRStepper(ODEStepper):
 
     def __init__(self, sde: SDE, score_fn: ScoreFn) -> None:
         super().__init__(require_linear_sde(sde, type(self).__name__), score_fn)
+
+    def check_grid(self, grid: Tensor) -> None:
+        if grid[-1] <= 0:
+            raise ValueError(
+                f"{type(self).__name__} works in log-SNR, infinite at t=0: end the grid at t_end > 0, "
+                f"got {grid[-1].item()!r}"
+            )
 
     def half_log_snr(self, t: Tensor) -> Tensor:
         return 0.5 * self.sde.log_snr(t)
@@ -154,7 +165,7 @@ class DPMSolverPP2M(ExponentialIntegrator):
         return coef(_phi1(h), m0) * (m0 + half_inv_r * (m0 - m1))
 
 
-class DPMSolverPP3M(ExponentialIntegrator):
+class DPMSolverPP3M(DPMSolverPP2M):
     r"""DPM-Solver++(3M) (Lu et al. 2022): the Taylor form above with the quadratic through the
     last three data predictions at :math:`\ell_t, \ell_t - r_0 h, \ell_t - (r_0 + r_1) h`:
 
@@ -168,7 +179,7 @@ class DPMSolverPP3M(ExponentialIntegrator):
 
     def _data_term(self, m0, ell_t, h, previous):
         if len(previous) < 2:
-            return DPMSolverPP2M._data_term(self, m0, ell_t, h, previous)
+            return super()._data_term(m0, ell_t, h, previous)
         (ell_2, m2), (ell_1, m1) = previous
         r0, r1 = (ell_t - ell_1) / h, (ell_1 - ell_2) / h
         d0 = (m0 - m1) / coef(r0, m0)

@@ -29,24 +29,13 @@ from torch import Tensor, nn
 
 from scoresde.solvers import tsit5
 from scoresde.solvers._common import FirstNonFinite, NonFiniteError
-
-ADAPTIVE_ODEINT_ORDERS = {"tsit5": 5, "dopri8": 8, "dopri5": 5, "bosh3": 3, "fehlberg2": 2, "adaptive_heun": 2}
-"""torchdiffeq's adaptive methods, and Tsitouras' pair run by its solver (:mod:`scoresde.solvers.tsit5`),
-with the order of the solution each one propagates (it sets the exponent of the initial-step guess)."""
-ADAPTIVE_ODEINT_METHODS = tuple(ADAPTIVE_ODEINT_ORDERS)
-FIXED_GRID_ODEINT_METHODS = (
-    "euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implicit_adams", "fixed_adams",
-)  # fmt: skip
-ODEINT_METHODS = ADAPTIVE_ODEINT_METHODS + FIXED_GRID_ODEINT_METHODS
+from scoresde.solvers.methods import Method
 
 State = Tensor | tuple[Tensor, ...]
 
 
-def check_odeint_args(method: str, rtol: float, atol: float) -> None:
-    """Raise ``ValueError`` for an unknown torchdiffeq method or a tolerance that is not a
-    finite number > 0."""
-    if method not in ODEINT_METHODS:
-        raise ValueError(f"method must be one of {ODEINT_METHODS}, got {method!r}")
+def check_tolerances(rtol: float, atol: float) -> None:
+    """Raise ``ValueError`` for a tolerance that is not a finite number > 0."""
     for name, tol in (("rtol", rtol), ("atol", atol)):
         if not isinstance(tol, (int, float)) or isinstance(tol, bool) or not tol > 0 or not math.isfinite(tol):
             raise ValueError(f"{name} must be a finite number > 0, got {tol!r}")
@@ -121,7 +110,7 @@ def odeint(
     y0: State,
     times: Tensor,
     *,
-    method: str,
+    method: Method,
     rtol: float,
     atol: float,
     options: dict[str, Any] | None = None,
@@ -129,8 +118,9 @@ def odeint(
     adjoint_params: tuple[Tensor, ...] | None = None,
     what: str = "the probability-flow velocity",
 ) -> State:
-    """Solve ``dy/dt = func(t, y)`` through the monotone ``times`` (kept in float64) and return
-    the states at ``times``, ``(len(times), *y.shape)`` per tensor of the state. Raises
+    """Solve ``dy/dt = func(t, y)`` with the torchdiffeq ``method`` of
+    :data:`~scoresde.solvers.methods.METHODS` through the monotone ``times`` (kept in float64)
+    and return the states at ``times``, ``(len(times), *y.shape)`` per tensor of the state. Raises
     :class:`~scoresde.solvers.NonFiniteError` naming the first evaluation of ``func`` whose
     (first) output was not finite (as ``what``), or when the step size underflows."""
     import torchdiffeq
@@ -142,9 +132,9 @@ def odeint(
     recorded = _Recorded(func, first_bad)
     options = dict(options or {})
     adjoint_options = dict(options)
-    what = f"{what} ({method})"
+    what = f"{what} ({method.name})"
     try:
-        if method in ADAPTIVE_ODEINT_METHODS:
+        if method.adaptive:
             options.setdefault("norm", per_sample_norm)
             options.setdefault("step_t", times[-1:])
             adjoint_options.setdefault("step_t", times[:1])  # the adjoint runs back to the start
@@ -152,15 +142,13 @@ def odeint(
                 with torch.set_grad_enabled(torch.is_grad_enabled() and not adjoint):
                     f0 = recorded(times[0], y0)
                 first_bad.raise_if_any(what, unit="evaluation")
-                step = initial_step(
-                    recorded, times[0], times[-1], y0, f0, order=ADAPTIVE_ODEINT_ORDERS[method], rtol=rtol, atol=atol
-                )
+                step = initial_step(recorded, times[0], times[-1], y0, f0, order=method.order, rtol=rtol, atol=atol)
                 recorded.replay = f0
                 options["first_step"] = step
                 # the adjoint's backward solve starts from a step of the same size, not from a guess
                 # made on the augmented state (which has the same overshoot)
                 adjoint_options.setdefault("first_step", step)
-        kwargs: dict[str, Any] = {"rtol": rtol, "atol": atol, "method": method, "options": options}
+        kwargs: dict[str, Any] = {"rtol": rtol, "atol": atol, "method": method.target, "options": options}
         if adjoint:
             params = tuple(func.parameters()) if adjoint_params is None else tuple(adjoint_params)
             states = torchdiffeq.odeint_adjoint(
@@ -172,7 +160,7 @@ def odeint(
         first_bad.raise_if_any(what, unit="evaluation")
         raise NonFiniteError(
             f"the ODE step size underflowed between t={times[0].item():.6g} and t={times[-1].item():.6g} "
-            f"(torchdiffeq {method}: {err}): too stiff for rtol={rtol}, atol={atol}; try a larger t_min "
+            f"(torchdiffeq {method.name}: {err}): too stiff for rtol={rtol}, atol={atol}; try a larger t_min "
             "or looser tolerances"
         ) from err
     first_bad.raise_if_any(what, unit="evaluation")

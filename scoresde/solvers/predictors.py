@@ -25,6 +25,7 @@ class Predictor(ABC):
     def __init__(self, sde: SDE, score_fn: ScoreFn) -> None:
         self.sde = require_sde(sde)
         self.score_fn = score_fn
+        self.reverse = self.sde.reverse(score_fn)
 
     @abstractmethod
     def step(self, x: Tensor, t: Tensor, s: Tensor, ctx: StepContext) -> Tensor:
@@ -44,8 +45,7 @@ class EulerMaruyama(Predictor):
         tb = as_time(t, x)
         h = t - s
         g = append_dims(self.sde.diffusion(tb), x.ndim).to(x.dtype)  # (batch,): a user SDE may expect it
-        reverse_drift = self.sde.drift(x, tb) - g.square() * self.score_fn(x, tb)
-        return x - reverse_drift * coef(h, x) + g * coef(h.sqrt(), x) * randn_like(x, ctx.generator)
+        return x - self.reverse.drift(x, tb) * coef(h, x) + g * coef(h.sqrt(), x) * randn_like(x, ctx.generator)
 
 
 class ReverseDiffusion(Predictor):
@@ -58,7 +58,7 @@ class ReverseDiffusion(Predictor):
     plain SDE, its Euler–Maruyama step. Weak order 1."""
 
     def step(self, x: Tensor, t: Tensor, s: Tensor, ctx: StepContext) -> Tensor:
-        drift_term, g = self.sde.reverse(self.score_fn).discretize(x, t, t - s)
+        drift_term, g = self.reverse.discretize(x, t, t - s)
         return x + drift_term + append_dims(g, x.ndim) * randn_like(x, ctx.generator)
 
 
@@ -88,10 +88,3 @@ class AncestralSampling(Predictor):
         mean = coef(scale * sigma_s.square() / sde.sigma(t).square(), x) * x + coef(noise_frac * sde.alpha(s), x) * x0
         std = sigma_s * noise_frac.sqrt()
         return mean + coef(std, x) * randn_like(x, ctx.generator)
-
-
-PREDICTORS: dict[str, type[Predictor]] = {
-    "euler_maruyama": EulerMaruyama,
-    "reverse_diffusion": ReverseDiffusion,
-    "ancestral": AncestralSampling,
-}

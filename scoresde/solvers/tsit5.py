@@ -11,7 +11,10 @@ Its embedded error estimate is more cautious than dopri5's: at the same ``rtol``
 than dopri5 on the same mixtures.
 
 Only the tableau is ours: step-size control, dense output and the adjoint are torchdiffeq's
-``RKAdaptiveStepsizeODESolver``, with the tableau registered as method ``"tsit5"``.
+``RKAdaptiveStepsizeODESolver``, with the tableau registered in torchdiffeq's method table as
+:data:`TORCHDIFFEQ_NAME`, a name torchdiffeq does not use: its main branch ships a ``"tsit5"`` of
+its own since 2025, which must never run in place of this one (``method="tsit5"`` in this library
+maps to :data:`TORCHDIFFEQ_NAME`, :mod:`scoresde.solvers.methods`).
 
 Coefficients from Tsitouras (2011), Table 1, to 16 digits. The paper lists the error weights
 :math:`e = b - \hat b`; the last one has the opposite sign (:math:`\hat b_7 = -1/66`, which makes
@@ -77,10 +80,14 @@ def _solver_class() -> type:
     return Tsit5Solver
 
 
+TORCHDIFFEQ_NAME = "scoresde_tsit5"
+"""The name of this tableau in torchdiffeq's method table."""
+
+
 def register() -> None:
-    """Make ``"tsit5"`` a torchdiffeq method (idempotent), so ``torchdiffeq.odeint`` and its
-    adjoint accept it."""
+    """Make :data:`TORCHDIFFEQ_NAME` a torchdiffeq method (idempotent), so ``torchdiffeq.odeint``
+    and its adjoint accept it."""
     from torchdiffeq._impl.odeint import SOLVERS
 
-    if "tsit5" not in SOLVERS:
-        SOLVERS["tsit5"] = _solver_class()
+    if TORCHDIFFEQ_NAME not in SOLVERS:
+        SOLVERS[TORCHDIFFEQ_NAME] = _solver_class()

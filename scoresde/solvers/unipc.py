@@ -49,9 +49,9 @@ class UniPC(LogSNRStepper):
             raise ValueError(f"variant must be one of {UNIPC_VARIANTS}, got {variant!r}")
         self.variant = variant
 
-    @property
-    def order(self) -> int:  # type: ignore[override]
-        return self.predictor_order + 1
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.order = cls.predictor_order + 1  # the corrector lifts the predictor's order by one
 
     def step(self, x: Tensor, t: Tensor, s: Tensor, ctx: StepContext) -> Tensor:
         ell_t, ell_s = self.half_log_snr(t), self.half_log_snr(s)
