@@ -35,7 +35,7 @@ from torch import Tensor
 from scoresde._tensor import check_device, check_finite, check_float, check_float_dtype, check_generator
 from scoresde.progress import progress_bar
 from scoresde.sde.base import SDE, ScoreFn
-from scoresde.solvers._common import (
+from scoresde.solvers import (
     CountingScore,
     FirstNonFinite,
     StepContext,

@@ -8,8 +8,7 @@ import torch
 
 import scoresde as sd
 from scoresde.sample import sample_ode, sample_pc, sample_sde
-from scoresde.solvers import METHODS, NonFiniteError
-from scoresde.solvers._common import FirstNonFinite
+from scoresde.solvers import METHODS, FirstNonFinite, NonFiniteError
 from tests.conftest import SDE_FACTORIES, PlainOU, mixture_16d, separated_mixture_2d
 
 T_END = 1e-3

@@ -24,8 +24,7 @@ import torch
 
 import scoresde as sd
 from scoresde.sample import sample_ode, sample_sde
-from scoresde.solvers import METHODS
-from scoresde.solvers._common import FirstNonFinite, NonFiniteError
+from scoresde.solvers import METHODS, FirstNonFinite, NonFiniteError
 from tests.conftest import SDE_FACTORIES, overlapping_mixture_2d
 
 ORDERS = {name: m.target.order for name, m in METHODS.items() if m.integrates == "ode" and m.runner == "scoresde"}

@@ -1,7 +1,15 @@
 """Solvers for sampling: predictors, correctors, fixed-step ODE solvers, and adapters onto
 torchdiffeq and torchsde. Each class documents its order and its paper."""
 
-from scoresde.solvers._common import CountingScore, NonFiniteError, StepContext
+from scoresde.solvers._common import (
+    CountingScore,
+    FirstNonFinite,
+    NonFiniteError,
+    StepContext,
+    predict_x0,
+    require_linear_sde,
+    require_sde,
+)
 from scoresde.solvers.correctors import AnnealedLangevin, Corrector, LangevinCorrector
 from scoresde.solvers.exponential import exponential_moments, exponential_weights
 from scoresde.solvers.flow import FlowField, FlowSolution, solve_flow
@@ -23,8 +31,12 @@ from scoresde.solvers.unipc import UNIPC_VARIANTS, UniPC, UniPC2, UniPC3
 
 __all__ = [
     "CountingScore",
+    "FirstNonFinite",
     "NonFiniteError",
     "StepContext",
+    "predict_x0",
+    "require_linear_sde",
+    "require_sde",
     "Predictor",
     "EulerMaruyama",
     "ReverseDiffusion",
