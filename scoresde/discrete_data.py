@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from scoresde._tensor import check_finite
+from scoresde._tensor import check_finite, check_generator
 from scoresde.likelihood import log_likelihood
 from scoresde.progress import progress_bar
 from scoresde.sde.base import SDE, ScoreFn
@@ -201,6 +201,7 @@ def bits_per_dim(
     computation for integer ``x`` (default: torch's default dtype); a float ``x`` keeps its own.
     """
     _check_discrete(x, num_bins)
+    check_generator(generator)
     if not isinstance(num_dequant_samples, int) or isinstance(num_dequant_samples, bool) or num_dequant_samples < 1:
         raise ValueError(f"num_dequant_samples must be a positive int, got {num_dequant_samples!r}")
     if dtype is None:

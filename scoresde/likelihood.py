@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from scoresde._tensor import check_finite
+from scoresde._tensor import check_finite, check_generator
 from scoresde.sde.base import SDE, ScoreFn
 from scoresde.solvers.flow import Divergence, FlowSolution, check_flow_args, solve_flow
 from scoresde.solvers.methods import Method
@@ -161,6 +161,7 @@ def divergence(
         divergence = estimator
     _check_state(x, "x")
     _check_divergence_args(divergence, probe, num_probes, allow_auto=False)
+    check_generator(generator)
     with torch.enable_grad():
         x_in = x.detach().requires_grad_(True)
         out = fn(x_in)
@@ -293,6 +294,7 @@ def log_likelihood(
     )
     _check_state(x, "x")
     _check_divergence_args(divergence, probe, num_probes, allow_auto=True)
+    check_generator(generator)
     if adjoint and adjoint_params is None and not isinstance(score_fn, nn.Module):
         raise TypeError(
             "adjoint=True cannot find the parameters of a score_fn that is not an nn.Module; "

@@ -526,6 +526,7 @@ def good_args() -> tuple:
         ({"num_probes": 0}, ValueError, "num_probes must be a positive int"),
         ({"method": "rk45"}, ValueError, "method must be one of"),
         ({"method": "torchdiffeq_euler"}, ValueError, "needs num_steps"),
+        ({"divergence": "hutchinson", "generator": 42}, TypeError, "generator must be a torch.Generator .* got int 42"),
         ({"method": "rk4", "num_steps": 4, "rtol": 1e-3}, ValueError, "uses no tolerance: drop rtol=0.001"),
         ({"method": "dopri5", "num_steps": 4}, ValueError, "chooses its own steps"),
         ({"t_end": 1.0}, ValueError, r"t_end must be a number in \[0, T"),
@@ -594,6 +595,7 @@ def test_non_finite_score_is_reported() -> None:
          "transform scale must be non-zero"),
         (torch.tensor([[0, 1]]), {"num_bins": 4, "transform": sd.DataTransform(scale=torch.ones(3))}, ValueError,
          "does not broadcast to the event shape"),
+        (torch.tensor([[0, 1]]), {"num_bins": 4, "generator": 7}, TypeError, "generator must be a torch.Generator"),
     ],
 )
 def test_bits_per_dim_errors(x: torch.Tensor, kwargs: dict, error: type, match: str) -> None:
