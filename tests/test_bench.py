@@ -1,25 +1,62 @@
-"""The benchmark harness: the peer adapters reproduce our own solvers where the algorithms
-coincide, and the harness runs end to end on a tiny problem."""
+"""The repository's benchmark harness (``benchmarks/``, run by ``scoresde bench`` from a source
+checkout): it imports only public names, the peer adapters reproduce our own solvers where the
+algorithms coincide, and it runs end to end on a tiny problem."""
 
+import ast
+import importlib
 import json
-import math
+from pathlib import Path
 
 import pytest
 import torch
 
-from scoresde.bench import main, report
-from scoresde.bench.grids import CANDIDATES, make_grid
-from scoresde.bench.likelihood import all_methods
-from scoresde.bench.peers import load_k_diffusion_sampling
-from scoresde.bench.problems import Problem
-from scoresde.bench.samplers import all_samplers
+from benchmarks import report
+from benchmarks.grids import CANDIDATES, make_grid
+from benchmarks.likelihood import all_methods
+from benchmarks.peers import load_k_diffusion_sampling
+from benchmarks.samplers import all_samplers
+from scoresde import bench
+from scoresde.benchmark import standard_problem
 
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 needs_k_diffusion = pytest.mark.skipif(load_k_diffusion_sampling() is None, reason="k-diffusion not installed")
 
 
 @pytest.fixture(scope="module", params=["vp", "ve", "subvp"])
 def problem(request):
-    return Problem("2d", request.param, 64)
+    return standard_problem(f"2d-{request.param}", 64)
+
+
+def _scoresde_names(path: Path) -> list[str]:
+    """Every ``scoresde`` module a file imports and every name it takes from one (``a.b:name``),
+    and every attribute it reads off the package imported as a name."""
+    tree = ast.parse(path.read_text())
+    names, aliases = [], set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.split(".")[0] == "scoresde":
+                    names.append(alias.name)
+                    aliases.add(alias.asname or alias.name)
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "scoresde":
+            names += [f"{node.module}:{alias.name}" for alias in node.names]
+    names += [
+        f"{node.value.id}.{node.attr}"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases
+    ]
+    return names
+
+
+def test_benchmarks_import_only_public_names():
+    files = sorted(BENCHMARKS.glob("*.py"))
+    assert {"run.py", "peers.py", "samplers.py", "likelihood.py", "digits.py"} <= {f.name for f in files}
+    used = [(f.name, name) for f in files for name in _scoresde_names(f)]
+    assert not [(f, n) for f, n in used if any(part.startswith("_") for part in n.replace(":", ".").split("."))]
+    for file, name in used:  # each name it takes is defined by the public module it comes from
+        if ":" in name:
+            module, attr = name.split(":")
+            assert hasattr(importlib.import_module(module), attr), (file, name)
 
 
 @needs_k_diffusion
@@ -42,19 +79,23 @@ def test_candidate_grids_are_descending_from_T_to_t_end(problem, name):
     assert (grid[1:] < grid[:-1]).all()
 
 
-def test_harness_runs_end_to_end(tmp_path):
-    out = ["--problems", "2d-vp", "--no-peers", "--out", str(tmp_path)]
-    assert main(["--only", "sampling", *out]) == 0
+def test_scoresde_bench_runs_the_checkout_harness_end_to_end(tmp_path):
+    out = ["--smoke", "--no-peers", "--out", str(tmp_path)]
+    assert bench.checkout_root() == BENCHMARKS.parent
+    assert bench.main(["--only", "sampling", *out]) == 0
     rows = json.loads((tmp_path / "sampling.json").read_text())["rows"]
     assert {r["sampler"] for r in rows} >= {"scoresde:unipc_3", "scoresde:dpmpp_3m", "scoresde:unipc_3+tuned"}
     tuned = [r for r in rows if r["sampler"].endswith("+tuned")]
     assert tuned and all(r["grid"].startswith("tuned(") and r["level"] <= 20 for r in tuned)
     assert all(r["nfe"] <= r["level"] for r in rows if r["sampler"].startswith("scoresde:unipc"))
+    assert all(("rmse" in r) == r["deterministic"] for r in rows)
     assert (tmp_path / "results.md").exists() and (tmp_path / "sampling.png").exists()
     # a part run alone leaves the other part's JSON alone and keeps its tables in results.md
     sampling = (tmp_path / "sampling.json").read_text()
-    assert main(["--only", "likelihood", *out]) == 0
+    assert bench.main(["--only", "likelihood", *out]) == 0
     assert (tmp_path / "sampling.json").read_text() == sampling
+    ll_rows = json.loads((tmp_path / "likelihood.json").read_text())["rows"]
+    assert {r["tol"] for r in ll_rows} == {1e-3, 1e-4} and {r["library"] for r in ll_rows} == {"scoresde", "scipy"}
     text = (tmp_path / "results.md").read_text()
     assert "## Likelihood targets" in text and "## Few-step sampling targets" in text
     assert "The sampling tables below are from an earlier run" in text
@@ -62,13 +103,23 @@ def test_harness_runs_end_to_end(tmp_path):
     assert not list(tmp_path.glob(".*.tmp"))
 
 
+def test_scoresde_bench_help_and_installed_package(monkeypatch, capsys):
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--help"])
+    assert exc.value.code == 0 and "usage: scoresde bench" in capsys.readouterr().out
+    monkeypatch.setattr(bench, "checkout_root", lambda: None)  # as from an installed package
+    assert bench.main(["--only", "sampling"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "source checkout" in err and "scoresde.benchmark" in err
+
+
 @pytest.mark.parametrize("solver", ["dopri5", "tsit5"])
 @pytest.mark.parametrize("divergence", ["exact", "hutchinson"])
 def test_scipy_peer_solves_our_likelihood_ode(divergence, solver):
     # the scipy rows are paired with ours by divergence: with the shared probe both integrate one
     # augmented ODE, so at tight tolerances they agree far below the 1e-3 nats/dim of the target
-    problem = Problem("2d", "vp", 32)
-    x = problem.true_samples(2)
+    problem = standard_problem("2d-vp", 32)
+    x = problem.data(2)
     methods = {m.name: m for m in all_methods(with_peers=False)}
     ours, _ = methods[f"scoresde:{solver}/{divergence}"].run(problem, x, 1e-9)
     theirs, _ = methods[f"scipy:RK45/{divergence}"].run(problem, x, 1e-9)
@@ -107,10 +158,13 @@ def test_likelihood_summary_takes_the_geometric_mean_over_point_sets():
     assert summary["nfe_ratio_vs_scipy"] == 1.0 and summary["nfe_ratio_vs_scipy_range"] == "1-1 (1)"
 
 
-def test_fitted_nfe_reads_the_target_off_a_power_law():
-    # max error = 1e-3 (nfe / 100)^-5 exactly: the fit returns 100 whatever the tolerance grid hit
-    rows = [{"nfe": n, "max_err_per_dim": 1e-3 * (n / 100) ** -5} for n in (70, 80, 90, 120, 130, 400)]
-    assert report.fitted_nfe_at_target(rows) == pytest.approx(100, rel=1e-9)
-    assert math.isnan(report.fitted_nfe_at_target(rows[:2]))  # too few runs near the target
-    flat = [{"nfe": n, "max_err_per_dim": 2e-3} for n in (70, 80, 90)]
-    assert math.isnan(report.fitted_nfe_at_target(flat))  # error does not fall: no crossing
+def test_sampling_targets_compare_the_best_of_each_library_within_the_budget():
+    def row(sampler, library, nfe, rmse):
+        return {"problem": "p", "sampler": sampler, "library": library, "grid": "g", "nfe": nfe, "rmse": rmse}
+
+    rows = [row("scoresde:a", "scoresde", 10, 0.02), row("scoresde:b", "scoresde", 9, 0.0125),
+            row("scoresde:c", "scoresde", 20, 0.001), row("k-diffusion:a", "k-diffusion", 10, 0.05),
+            {"problem": "p", "sampler": "scoresde:sde", "library": "scoresde", "nfe": 5}]  # fmt: skip
+    at_10, at_20 = report.sampling_targets(rows)
+    assert (at_10["scoresde_best"], at_10["ratio"], at_10["met"]) == ("scoresde:b (g, 9)", 0.25, True)
+    assert at_20["scoresde_best"] == "scoresde:c (g, 20)" and at_20["k_diffusion_rmse"] == 0.05

@@ -2,7 +2,7 @@
 
 ``run(problem, x_init, level, grid, seed) -> (x0, nfe)``: ``level`` is an NFE budget for
 fixed-step samplers (the sampler spends at most that many evaluations) or a tolerance for
-adaptive ones; ``grid`` names a candidate of :mod:`scoresde.bench.grids`, or is a grid tensor
+adaptive ones; ``grid`` names a candidate of :mod:`benchmarks.grids`, or is a grid tensor
 (a grid tuned by :func:`~scoresde.tune_time_grid`). Every sampler ends
 with the data estimate :math:`E[x_0 \\mid x_{t_{end}}]`: ours by ``denoise=True`` (Tweedie's
 step at ``t_end``, one NFE), k-diffusion's by its last step to :math:`\\sigma = 0`, which is the
@@ -17,10 +17,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from scoresde.bench.grids import make_grid
-from scoresde.bench.peers import KarrasDenoiser, karras_sigma, load_k_diffusion_sampling, seeded_noise_sampler
-from scoresde.bench.problems import T_END, Problem
-from scoresde.sample import sample_ode, sample_pc, sample_sde
+from benchmarks.grids import make_grid
+from benchmarks.peers import KarrasDenoiser, karras_sigma, load_k_diffusion_sampling, seeded_noise_sampler
+from scoresde import sample_ode, sample_pc, sample_sde
+from scoresde.benchmark import T_END, Problem
 
 RunFn = Callable[[Problem, Tensor, float, str | Tensor, int], tuple[Tensor, int]]
 ADAPTIVE_TOLERANCES = (1e-2, 1e-3, 1e-4, 1e-5)
@@ -32,6 +32,8 @@ budgets up to ``TUNED_MAX_NFE`` (the few-step regime; tuning cost grows with the
 
 @dataclass(frozen=True)
 class Sampler:
+    """One sampler of the comparison: its ``run``, and how the harness treats it."""
+
     name: str
     library: str
     run: RunFn
@@ -129,6 +131,14 @@ def _k_dpm_solver(adaptive: bool) -> RunFn:
         return model(x, x.new_full((x.shape[0],), ends[0])), model.calls
 
     return run
+
+
+def levels(sampler: Sampler, budgets: list[int]) -> list[float]:
+    """The levels ``sampler`` runs at: the tolerances if adaptive, else the NFE budgets (a
+    ``+tuned`` sampler's up to :data:`TUNED_MAX_NFE`)."""
+    if sampler.adaptive:
+        return list(ADAPTIVE_TOLERANCES)
+    return [float(b) for b in budgets if sampler.tuned_method is None or b <= TUNED_MAX_NFE]
 
 
 def all_samplers(with_k_diffusion: bool) -> list[Sampler]:

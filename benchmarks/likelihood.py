@@ -8,10 +8,10 @@ points (``x`` drawn from the data, float64):
   our tableau in torchdiffeq's solver); the exact divergence (one batched VJP over the
   dimensions) or Hutchinson's (one VJP);
 * ``k-diffusion``: ``sampling.log_likelihood`` (dopri5 in sigma, one Rademacher probe) through
-  :class:`~scoresde.bench.peers.KarrasDenoiser`, converted to ``x_t`` by the Jacobian
+  :class:`~benchmarks.peers.KarrasDenoiser`, converted to ``x_t`` by the Jacobian
   :math:`-D\\log\\alpha_{t_{min}}`;
 * ``flow_matching``: ``ODESolver.compute_likelihood`` (dopri5, exact divergence by a loop of
-  VJPs, or Hutchinson) on :class:`~scoresde.bench.peers.FlowMatchingVelocity`;
+  VJPs, or Hutchinson) on :class:`~benchmarks.peers.FlowMatchingVelocity`;
 * ``scipy``: ``solve_ivp(method="RK45")`` on the flattened batch in the SDE's own time, as the
   original score_sde code integrates it (it uses one Rademacher probe; the exact divergence is run
   too). Its probe is ours (same generator and seed), so the two Hutchinson runs solve one ODE.
@@ -19,12 +19,12 @@ points (``x`` drawn from the data, float64):
 The error of a run is measured against the *same method* converged (rtol = atol = 1e-9, same
 probe): the integration error, per point and per dimension, which does not mix in the
 Hutchinson noise or the prior each library uses. The error against the exact
-:math:`\\log p_{t_{min}}(x)` is reported too (it does include them).
+:math:`\\log p_{t_{min}}(x)` is reported too (it does include them). The runs and errors are
+:func:`scoresde.benchmark.compare_likelihoods`'s.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,17 +32,16 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from scoresde.bench.measure import interleaved_times
-from scoresde.bench.peers import (
+from benchmarks.peers import (
     FlowMatchingVelocity,
     KarrasDenoiser,
     karras_sigma,
     load_flow_matching_solver,
     load_k_diffusion_sampling,
 )
-from scoresde.bench.problems import Problem
-from scoresde.likelihood import divergence as sd_divergence
-from scoresde.likelihood import log_likelihood
+from scoresde import divergence as sd_divergence
+from scoresde import log_likelihood
+from scoresde.benchmark import Problem, compare_likelihoods
 from scoresde.solvers import CountingScore
 
 CONVERGED_TOL = 1e-9
@@ -51,6 +50,8 @@ LlFn = Callable[[Problem, Tensor, float], tuple[Tensor, int]]
 
 @dataclass(frozen=True)
 class LikelihoodMethod:
+    """One likelihood method of the comparison and its library."""
+
     name: str
     library: str
     run: LlFn
@@ -148,30 +149,25 @@ def all_methods(with_peers: bool) -> list[LikelihoodMethod]:
 
 
 def run_likelihood(
-    problems: list[Problem], methods: list[LikelihoodMethod], tolerances: list[float], *, repeats: int,
-    point_sets: int = 1, log: Callable[[str], None] = print,
+    problems: list[Problem],
+    methods: list[LikelihoodMethod],
+    tolerances: list[float],
+    *,
+    repeats: int,
+    point_sets: int = 1,
+    log: Callable[[str], None] = print,
 ) -> list[dict]:
-    """One row per problem, point set, method and tolerance. ``point_sets`` independent sets of
-    data points per problem: how many NFE a tolerance costs, and which method is ahead at a given
-    one, varies between them. The runs on one set at every (tolerance, method) are timed
-    round-robin, ``repeats`` times (median): the target ratios compare runs at different
-    tolerances, so a change of machine load must hit those alike too."""
-    rows = []
-    for problem, point_set in itertools.product(problems, range(point_sets)):
-        x = problem.true_samples(2 + point_set)  # draws 0 and 1 are the sampling benchmark's
-        truth = problem.gmm.log_prob_fn(problem.sde)(x, problem.sde.t_min)
-        dim = problem.dim
-        converged = {m.name: m.run(problem, x, CONVERGED_TOL)[0] for m in methods}
-        log(f"# likelihood {problem.name}, point set {point_set}: {x.shape[0]} points, converged references ready")
-        runs = [(tol, m) for tol in tolerances for m in methods]
-        calls = [(lambda m=m, p=problem, x=x, tol=tol: m.run(p, x, tol)) for tol, m in runs]
-        seconds, outs = interleaved_times(calls, repeats)
-        for (tol, m), sec, (ll, nfe) in zip(runs, seconds, outs, strict=True):
-            err = (ll - converged[m.name]).abs() / dim
-            rows.append({
-                "problem": problem.name, "mixture": problem.mixture_name, "sde": problem.sde_name, "dim": dim,
-                "points": x.shape[0], "point_set": point_set, "method": m.name, "library": m.library, "tol": tol,
-                "nfe": nfe, "seconds": sec, "max_err_per_dim": err.max().item(), "mean_err_per_dim": err.mean().item(),
-                "mean_err_vs_truth_per_dim": ((ll - truth).abs() / dim).mean().item(),
-            })  # fmt: skip
-    return rows
+    """One row per problem, point set, method and tolerance (``tol``), from
+    :func:`~scoresde.benchmark.compare_likelihoods` with every method converged at
+    :data:`CONVERGED_TOL`."""
+    library = {m.name: m.library for m in methods}
+    rows = compare_likelihoods(
+        {m.name: m.run for m in methods}, problems, tolerances, converged_level=CONVERGED_TOL,
+        point_sets=point_sets, repeats=repeats, log=log,
+    )  # fmt: skip
+    out = []
+    for row in rows:
+        mixture, sde = row["problem"].split("-")
+        tol = row.pop("level")
+        out.append(row | {"mixture": mixture, "sde": sde, "library": library[row["method"]], "tol": tol})
+    return out

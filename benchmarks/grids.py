@@ -22,7 +22,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from scoresde.sde.base import LinearSDE
+from scoresde import LinearSDE
 
 POWERS = (1.0, 1.5, 2.0, 2.5, 3.0)
 RHOS = (1.0, 2.0, 3.0, 5.0, 7.0, 12.0, math.inf)

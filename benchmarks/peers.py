@@ -12,7 +12,7 @@ Only k-diffusion's ``sampling`` module is loaded: its package ``__init__`` impor
 wandb and torchvision, and ``sampling`` itself does ``from . import utils`` (PIL, safetensors,
 torchvision) for one helper, ``append_dims``. :func:`load_k_diffusion_sampling` therefore
 executes the installed ``k_diffusion/sampling.py`` file under a private package name whose
-``utils`` is a stub holding our own ``append_dims``; it needs torch, torchdiffeq, torchsde,
+``utils`` is a stub holding :func:`append_dims`; it needs torch, torchdiffeq, torchsde,
 scipy and tqdm. flow_matching (Meta) imports cleanly; its ``ODESolver.compute_likelihood``
 integrates a velocity field from data at ``t = 1`` to noise at ``t = 0``, which
 :class:`FlowMatchingVelocity` provides by a linear change of time.
@@ -30,10 +30,17 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from scoresde._tensor import append_dims
-from scoresde.sde.base import LinearSDE, ScoreFn
+from scoresde import LinearSDE
 
 _KDIFF_PACKAGE = "_scoresde_peer_k_diffusion"
+ScoreFn = Callable[[Tensor, Tensor], Tensor]
+
+
+def append_dims(x: Tensor, target_dims: int) -> Tensor:
+    """``x`` with trailing singleton dimensions up to ``target_dims`` (k-diffusion's helper)."""
+    if x.ndim > target_dims:
+        raise ValueError(f"x has {x.ndim} dims, more than target_dims={target_dims}")
+    return x[(...,) + (None,) * (target_dims - x.ndim)]
 
 
 @cache

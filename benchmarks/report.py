@@ -1,10 +1,13 @@
-"""Tables, target ratios and plots from the benchmark rows."""
+"""Tables, target ratios and plots from the benchmark rows (the equal-cost summaries are
+:mod:`scoresde.benchmark`'s)."""
 
 from __future__ import annotations
 
 import itertools
 import math
 from pathlib import Path
+
+from scoresde.benchmark import best_within, fewest_nfe_within, fitted_nfe_within
 
 TARGET_BUDGETS = (10, 20)
 LIKELIHOOD_TARGET = 1e-3
@@ -13,22 +16,8 @@ LIKELIHOOD_RATIOS = tuple(
 )
 
 
-def _fmt(v: object) -> str:
-    if isinstance(v, float):
-        return "" if math.isnan(v) else f"{v:.3g}"
-    return "" if v is None else str(v)
-
-
-def markdown_table(rows: list[dict], columns: list[str]) -> str:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_fmt(r.get(c)) for c in columns) + " |" for r in rows]
-    return "\n".join(lines)
-
-
 def _best(rows: list[dict], problem: str, library: str, budget: int) -> dict | None:
-    pool = [r for r in rows if r["problem"] == problem and r["library"] == library and "rmse" in r
-            and r["nfe"] <= budget and math.isfinite(r["rmse"])]  # fmt: skip
-    return min(pool, key=lambda r: r["rmse"]) if pool else None
+    return best_within([r for r in rows if r["problem"] == problem and r["library"] == library], budget)
 
 
 def sampling_targets(rows: list[dict]) -> list[dict]:
@@ -60,39 +49,17 @@ def likelihood_targets(rows: list[dict]) -> list[dict]:
     ]  # fmt: skip
 
 
-def fitted_nfe_at_target(rows: list[dict]) -> float:
-    """The NFE at which a least-squares line through ``log max_err`` vs ``log nfe`` (the runs
-    with max error within a decade of the target) reaches the target; NaN with fewer than 3 runs
-    or if the error does not fall with the NFE.
-    Unlike the fewest NFE measured it does not jump with the tolerance grid's step."""
-    band = [r for r in rows if LIKELIHOOD_TARGET / 10 < r["max_err_per_dim"] < LIKELIHOOD_TARGET * 10]
-    if len({r["nfe"] for r in band}) < 3:
-        return math.nan
-    x = [math.log(r["nfe"]) for r in band]
-    y = [math.log(r["max_err_per_dim"]) for r in band]
-    mx, my = sum(x) / len(x), sum(y) / len(y)
-    slope = sum((a - mx) * (b - my) for a, b in zip(x, y, strict=True)) / sum((a - mx) ** 2 for a in x)
-    if not slope < 0:
-        return math.nan
-    return math.exp(mx + (math.log(LIKELIHOOD_TARGET) - my) / slope)
-
-
 def likelihood_targets_of(rows: list[dict], ours: str, scipy: str) -> list[dict]:
     """Per problem and point set: fewest NFE (and the wall time of that run) at which each
     method's max error is within 1e-3 nats/dim of its converged value; ratios of ``ours`` to
-    k-diffusion and to the ``scipy`` method, also of the NFE from :func:`fitted_nfe_at_target`."""
+    k-diffusion and to the ``scipy`` method, also of the NFE read off a log-log fit
+    (:func:`~scoresde.benchmark.fitted_nfe_within`, which does not jump with the tolerance grid)."""
     out = []
     for problem, point_set in dict.fromkeys((r["problem"], r.get("point_set", 0)) for r in rows):
         runs = [r for r in rows if r["problem"] == problem and r.get("point_set", 0) == point_set]
-        fitted = {
-            method: fitted_nfe_at_target([r for r in runs if r["method"] == method])
-            for method in (ours, "k-diffusion:log_likelihood", scipy)
-        }  # fmt: skip
-        first = {}
-        for r in runs:
-            fewer = r["method"] not in first or r["nfe"] < first[r["method"]]["nfe"]
-            if r["max_err_per_dim"] <= LIKELIHOOD_TARGET and fewer:
-                first[r["method"]] = r
+        by_method = {m: [r for r in runs if r["method"] == m] for m in (ours, "k-diffusion:log_likelihood", scipy)}
+        fitted = {m: fitted_nfe_within(group, LIKELIHOOD_TARGET) for m, group in by_method.items()}
+        first = {m: row for m, group in by_method.items() if (row := fewest_nfe_within(group, LIKELIHOOD_TARGET))}
         if ours not in first:
             continue
         row = {"problem": problem, "point_set": point_set, "scoresde_method": ours,

@@ -14,9 +14,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from scoresde.bench.measure import interleaved_times
-from scoresde.sample import sample_ode
-from scoresde.sde import VPSDE
+from scoresde import VPSDE, sample_ode
+from scoresde.benchmark import interleaved_times
 
 BATCH = 256
 SHAPE = (1, 8, 8)
