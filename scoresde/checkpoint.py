@@ -16,7 +16,9 @@ import torch
 
 from scoresde._atomic import atomic_write
 
-__all__ = ["CHECKPOINT_FORMAT", "CheckpointError", "check_plain", "load_checkpoint", "save_checkpoint"]
+__all__ = [
+    "CHECKPOINT_FORMAT", "CheckpointError", "check_plain", "checkpoint_mismatch", "load_checkpoint", "save_checkpoint",
+]  # fmt: skip
 
 CHECKPOINT_FORMAT = "scoresde-checkpoint-v1"
 
@@ -84,3 +86,17 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device | None = 
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a scoresde checkpoint (no format tag {CHECKPOINT_FORMAT!r})")
     return state
+
+
+def checkpoint_mismatch(path: str | Path, err: Exception, target: str = "this model") -> ValueError:
+    """The one-line error for a checkpoint at ``path`` whose entries do not fit ``target``,
+    from the ``KeyError`` or ``RuntimeError`` that reading them raised: the first difference
+    ``load_state_dict`` reports (and how many more), not its whole list."""
+    if isinstance(err, KeyError):
+        return ValueError(f"checkpoint {path} does not fit {target}: it has no {err} entry")
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()] or [type(err).__name__]
+    if lines[0].startswith("Error(s) in loading state_dict") and len(lines) > 1:
+        lines = lines[1:]  # a heading, then one line per difference
+    reason = lines[0] if len(lines[0]) <= 200 else lines[0][:200] + "..."
+    more = f" (and {len(lines) - 1} more)" if len(lines) > 1 else ""
+    return ValueError(f"checkpoint {path} does not fit {target}: {reason}{more}")

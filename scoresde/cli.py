@@ -1,10 +1,13 @@
-"""The ``scoresde`` command: ``train``, ``sample``, ``likelihood`` and ``demo``.
+"""The ``scoresde`` command: ``train``, ``sample``, ``likelihood``, ``demo`` and ``bench``. This
+module parses and dispatches; the work is the library's (the demos are scoresde.demo, the
+benchmark harness scoresde.bench, which takes its own flags).
 
     scoresde train --config run.toml --steps 5000 --out runs/digits     # TOML and/or flags
     torchrun --standalone --nproc_per_node=2 -m scoresde.cli train ...  # DDP
     scoresde sample --checkpoint runs/digits/checkpoint.pt --sampler pc --num 64
     scoresde likelihood --checkpoint runs/digits/checkpoint.pt --split test
     scoresde demo --out runs/demo                                        # or demo --toy
+    scoresde bench --only sampling                                       # the benchmark harness
 
 A mistake in a flag, a config or an output path is reported in one line and exit code 2,
 before any work is done; Ctrl-C says where the run stopped (exit code 130).
@@ -16,6 +19,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -25,39 +29,42 @@ import scoresde as sd
 from scoresde._atomic import atomic_write, atomic_write_text
 from scoresde._paths import check_output_file, check_output_folder
 from scoresde.checkpoint import load_checkpoint
-from scoresde.config import build_model, build_sde, load_config, load_data, load_run
-from scoresde.data import ring_mixture, to_levels
-from scoresde.metrics import relative_score_error
-from scoresde.train import Trainer, TrainResult, distributed_context, init_distributed, resolve_device
+from scoresde.config import DEFAULT_CONFIG, build_trainer, load_config, load_data, load_run
+from scoresde.data import to_levels
+from scoresde.demo import digits_demo, toy_demo
+from scoresde.train import TrainConfig, Trainer, distributed_context, resolve_device
 
 # ----------------------------------------------------------------------------- train
 
-_TRAIN_FLAGS: list[tuple[str, str, str, Any, str]] = [
+_RUN_FLAGS: list[tuple[str, str, str, Any, str]] = [
     ("--data", "data", "name", str, "digits (bundled), mnist, fashion_mnist, cifar10 or folder"),
     ("--data-root", "data", "root", str, "folder of an opt-in data set"),
     ("--sde", "sde", "name", str, "vp, subvp or ve"),
-    ("--schedule", "sde", "schedule", str, "VP beta schedule: linear or cosine"),
+    ("--schedule", "sde", "schedule", str, "VP / sub-VP beta schedule: linear or cosine"),
     ("--channels", "model", "channels", int, "U-Net base width"),
     ("--channel-mults", "model", "channel_mults", "ints", "width multiplier per level, e.g. 1,2,2"),
     ("--num-res-blocks", "model", "num_res_blocks", int, "residual blocks per level"),
     ("--attention-levels", "model", "attention_levels", "ints", "levels with self-attention, e.g. 1"),
     ("--dropout", "model", "dropout", float, "dropout rate"),
-    ("--steps", "train", "steps", int, "optimisation steps"),
-    ("--batch-size", "train", "batch_size", int, "global batch size"),
-    ("--lr", "train", "lr", float, "peak learning rate"),
-    ("--lr-schedule", "train", "lr_schedule", str, "constant or cosine after warm-up"),
-    ("--warmup-steps", "train", "warmup_steps", int, "linear warm-up steps"),
-    ("--ema-decay", "train", "ema_decay", float, "EMA decay of the weights"),
-    ("--weighting", "train", "weighting", str, "DSM weighting: sigma2, likelihood or none"),
-    ("--time-sampling", "train", "time_sampling", str, "uniform, or importance (with likelihood weighting)"),
-    ("--seed", "train", "seed", int, "seed of initialisation, batches and noise"),
-    ("--eval-every", "train", "eval_every", int, "evaluate every N steps (0: at the end only)"),
-    ("--checkpoint-every", "train", "checkpoint_every", int, "checkpoint every N steps"),
-    ("--num-eval-images", "train", "num_eval_images", int, "test images for bits/dim at evaluation"),
-    ("--num-grid-samples", "train", "num_grid_samples", int, "images in the evaluation sample grid"),
     ("--out", "run", "out", str, "output folder"),
     ("--device", "run", "device", str, "auto, cpu, cuda or cuda:N"),
 ]
+"""The flags of the config sections other than ``train``: (flag, section, key, type, help)."""
+
+_TRAIN_FLAGS = [
+    (f"--{f.name.replace('_', '-')}", "train", f.name, type(f.default), f.metadata["help"]) for f in fields(TrainConfig)
+]
+"""One flag per :class:`~scoresde.train.TrainConfig` field (``--batch-size`` sets ``batch_size``)."""
+
+_CONFIG_FLAGS = [*_RUN_FLAGS[:-2], *_TRAIN_FLAGS, *_RUN_FLAGS[-2:]]
+"""Every flag that sets a config key, in the order ``train --help`` lists them."""
+
+
+def _with_default(text: str, default: Any) -> str:
+    if default == "":
+        return text
+    shown = ",".join(map(str, default)) if isinstance(default, list) else default
+    return f"{text} (default {shown})"
 
 
 def _positive_int(text: str) -> int:
@@ -79,7 +86,7 @@ def _ints(text: str) -> list[int]:
 
 def _flag_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     overrides: dict[str, dict[str, Any]] = {}
-    for flag, section, key, _, _ in _TRAIN_FLAGS:
+    for flag, section, key, _, _ in _CONFIG_FLAGS:
         value = getattr(args, flag[2:].replace("-", "_"))
         if value is not None:
             overrides.setdefault(section, {})[key] = value
@@ -88,39 +95,18 @@ def _flag_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     return overrides
 
 
-def run_training(
-    config: dict[str, Any], *, resume: bool | str | Path = False, progress: bool = False
-) -> tuple[Trainer, TrainResult]:
-    """Train the run described by ``config`` (see :mod:`scoresde.config`) under
-    ``config["run"]["out"]``; joins a ``torchrun`` process group if there is one."""
-    trainer = build_trainer(config, resume=resume, progress=progress)
-    return trainer, trainer.train()
-
-
-def build_trainer(config: dict[str, Any], *, resume: bool | str | Path = False, progress: bool = False) -> Trainer:
-    """The :class:`Trainer` of the run described by ``config``, its data loaded and its model
-    built (``resume``: ``True`` or a checkpoint path, see :class:`Trainer`)."""
-    device = resolve_device(config["run"]["device"])
-    init_distributed(device)
-    train_cfg = dict(config["train"])
-    torch.manual_seed(train_cfg["seed"])  # the network's initialisation (identical on every rank)
-    data, eval_data = load_data(config["data"], "train"), load_data(config["data"], "test")
-    sde = build_sde(config["sde"])
-    model = build_model(config["model"], data.image_shape, sde)
-    return Trainer(model, sde, data, out_dir=config["run"]["out"], device=device, eval_data=eval_data,
-                   config=config, progress=progress, resume=resume, **train_cfg)  # fmt: skip
-
-
 def _train(args: argparse.Namespace) -> None:
     overrides = _flag_overrides(args)
     resume_from = Path(args.resume) if isinstance(args.resume, str) else None
     out = overrides.get("run", {}).get("out") or (resume_from.parent if resume_from else None)
     out = check_output_folder(out or load_config(args.config)["run"]["out"], "--out")
     checkpoint = resume_from or out / "checkpoint.pt"
+    state = None
     if args.resume:
         if not checkpoint.is_file():
             raise FileNotFoundError(f"--resume: no checkpoint at {checkpoint}")
-        base = load_checkpoint(checkpoint).get("config") or {}  # the run's own config; flags (e.g. --steps) apply
+        state = load_checkpoint(checkpoint)  # read once: the trainer resumes from this content
+        base = state.get("config") or {}  # the run's own config; flags (e.g. --steps) apply
         overrides.setdefault("run", {})["out"] = str(out)
         config = load_config(None, {**base, **{s: {**base.get(s, {}), **v} for s, v in overrides.items()}})
     else:
@@ -128,7 +114,8 @@ def _train(args: argparse.Namespace) -> None:
             raise ValueError(f"{out} already holds a run ({checkpoint}): pass --resume, or choose another --out")
         config = load_config(args.config, overrides)
     progress = sys.stderr.isatty() if args.progress is None else args.progress
-    trainer = build_trainer(config, resume=checkpoint if args.resume else False, progress=progress)
+    trainer = build_trainer(config, resume=checkpoint if args.resume else False, resume_state=state,
+                            progress=progress)  # fmt: skip
     try:
         result = trainer.train()
     except KeyboardInterrupt:
@@ -142,7 +129,7 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _where_training_stopped(trainer: Trainer, out: Path) -> str:
-    done = f"stopped after step {trainer.step} of {trainer.steps}"
+    done = f"stopped after step {trainer.step} of {trainer.settings.steps}"
     if trainer.checkpoint_step is None:
         return f"{done}, before the run's first checkpoint: the same command starts it afresh"
     return (f"{done}; the last checkpoint, {trainer.checkpoint_path}, is of step {trainer.checkpoint_step}: "
@@ -206,23 +193,21 @@ def _sample_stem(settings: dict[str, Any], step: int) -> str:
 def _sample(args: argparse.Namespace) -> None:
     out = check_output_folder(args.out or Path(args.checkpoint).parent / "samples", "--out")
     device = resolve_device(args.device)
-    model, sde, _, step = load_run(args.checkpoint, device, ema=not args.no_ema)
-    state = load_checkpoint(args.checkpoint)
-    num_levels, shape = state["num_levels"], (args.num, *state["event_shape"])
+    run = load_run(args.checkpoint, device, ema=not args.no_ema)
     settings = _sample_settings(args)
-    stem = out / _sample_stem(settings, step)
+    stem = out / _sample_stem(settings, run.step)
     for path in _sample_paths(stem):
         check_output_file(path, "--out")
     gen = torch.Generator(device).manual_seed(args.seed)
     result = draw_samples(
-        model, sde, shape, sampler=args.sampler, num_steps=args.steps, method=args.method, snr=args.snr,
-        corrector=args.corrector, rtol=args.rtol, generator=gen, device=device,
+        run.model, run.sde, (args.num, *run.event_shape), sampler=args.sampler, num_steps=args.steps,
+        method=args.method, snr=args.snr, corrector=args.corrector, rtol=args.rtol, generator=gen, device=device,
     )  # fmt: skip
-    levels = to_levels(result.x, num_levels)
-    png, tensors = _save_samples(levels, num_levels, stem)
-    record = {"x": result.x.cpu(), "levels": levels.cpu(), "nfe": result.nfe, "step": step, **settings}
+    levels = to_levels(result.x, run.num_levels)
+    png, tensors = _save_samples(levels, run.num_levels, stem)
+    record = {"x": result.x.cpu(), "levels": levels.cpu(), "nfe": result.nfe, "step": run.step, **settings}
     atomic_write(tensors, lambda f: torch.save(record, f))
-    print(f"{args.num} samples ({args.sampler}, NFE {result.nfe}) from step {step}: {png}, {tensors}")
+    print(f"{args.num} samples ({args.sampler}, NFE {result.nfe}) from step {run.step}: {png}, {tensors}")
 
 
 def _sample_paths(stem: Path) -> tuple[Path, Path]:
@@ -244,192 +229,60 @@ def _save_samples(levels: torch.Tensor, num_levels: int, stem: Path) -> tuple[Pa
 def _likelihood(args: argparse.Namespace) -> None:
     json_path = check_output_file(args.json, "--json") if args.json else None
     device = resolve_device(args.device)
-    model, sde, config, step = load_run(args.checkpoint, device, ema=not args.no_ema)
-    data = load_data(config["data"], args.split)
+    run = load_run(args.checkpoint, device, ema=not args.no_ema)
+    data = load_data(run.config["data"], args.split)
     if args.num_images is not None:
         data = data.subset(slice(0, args.num_images))
     start = time.perf_counter()
     result = sd.evaluate_bpd(
-        model, sde, data.levels.to(device), num_bins=data.num_levels, transform=data.transform,
-        batch_size=args.batch_size, divergence=args.estimator, num_probes=args.num_probes, rtol=args.rtol,
+        run.model, run.sde, data.levels.to(device), num_bins=data.num_levels, transform=data.transform,
+        batch_size=args.batch_size, divergence=args.divergence, num_probes=args.num_probes, rtol=args.rtol,
         atol=args.rtol, generator=torch.Generator(device).manual_seed(args.seed),
     )  # fmt: skip
     seconds = time.perf_counter() - start
     print(
         f"{args.split} bits/dim: {result.mean:.4f} ± {result.std_error:.4f} (standard error; "
-        f"{result.num_samples} images, {args.estimator} divergence, NFE {result.nfe}, {seconds:.0f} s; "
-        f"checkpoint step {step})"
+        f"{result.num_samples} images, {args.divergence} divergence, NFE {result.nfe}, {seconds:.0f} s; "
+        f"checkpoint step {run.step})"
     )
     if json_path is not None:
         record = {
             "split": args.split, "bpd": result.mean, "std_error": result.std_error, "images": result.num_samples,
-            "nfe": result.nfe, "estimator": args.estimator, "rtol": args.rtol, "step": step, "seconds": seconds,
+            "nfe": result.nfe, "divergence": args.divergence, "rtol": args.rtol, "step": run.step, "seconds": seconds,
         }  # fmt: skip
         atomic_write_text(json_path, json.dumps(record, indent=2) + "\n")
 
 
-# ----------------------------------------------------------------------------- demo
+# ----------------------------------------------------------------------------- demo and bench
 
 
 def _demo(args: argparse.Namespace) -> None:
-    """Train a small U-Net on the bundled digits under the VP SDE, sample with PC and the ODE,
-    evaluate test bits/dim, write ``report.md``."""
+    out = check_output_folder(args.out, "--out")
+    steps = {} if args.steps is None else {"steps": args.steps}  # each demo has its own default
     if args.toy:
-        return _toy_demo(args)
-    out = check_output_folder(args.out, "--out")
-    out.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    config = load_config(None, {
-        "model": {"channels": args.channels, "channel_mults": [1, 2], "num_res_blocks": 1, "dropout": 0.0},
-        "train": {"steps": args.steps, "batch_size": 128, "lr": 2e-3, "warmup_steps": min(100, args.steps // 5),
-                  "lr_schedule": "cosine", "ema_decay": 0.995, "seed": args.seed, "checkpoint_every": 0,
-                  "num_eval_images": 0, "num_grid_samples": 0, "log_every": 10},
-        "run": {"out": str(out / "run"), "device": args.device},
-    })  # fmt: skip
-    if (out / "run" / "checkpoint.pt").exists():
-        (out / "run" / "checkpoint.pt").unlink()  # the demo always starts afresh
-    trainer, result = run_training(config, progress=args.progress)
-    train_seconds = time.perf_counter() - start
-    model, sde, test = trainer.ema.module, trainer.sde, load_data(config["data"], "test")
-    gen_kw = {"device": trainer.device, "rtol": 1e-3, "snr": 0.16, "corrector": "langevin", "method": None}
-
-    samples = {}
-    for sampler, steps in (("pc", args.pc_steps), ("ode", None)):
-        t0 = time.perf_counter()
-        gen = torch.Generator(trainer.device).manual_seed(args.seed)
-        shape = (64, *test.image_shape)
-        res = draw_samples(model, sde, shape, sampler=sampler, num_steps=steps, generator=gen, **gen_kw)
-        levels = to_levels(res.x, test.num_levels)
-        png, tensors = _save_samples(levels, test.num_levels, out / f"samples_{sampler}")
-        record = {"x": res.x.cpu(), "levels": levels.cpu(), "nfe": res.nfe}
-        atomic_write(tensors, lambda f, record=record: torch.save(record, f))
-        fd = sd.digits_frechet_distance(levels.cpu(), test.levels).item()
-        samples[sampler] = (png.name, res.nfe, time.perf_counter() - t0, steps, fd)
-    _save_samples(test.levels[:64], test.num_levels, out / "data")
-    fd_floor = sd.digits_frechet_distance(load_data(config["data"], "train").levels[:64], test.levels).item()
-
-    t0 = time.perf_counter()
-    bpd = sd.evaluate_bpd(
-        model, sde, test.levels[: args.eval_images].to(trainer.device), num_bins=test.num_levels,
-        transform=test.transform, divergence="hutchinson", rtol=1e-4, atol=1e-4,
-        generator=torch.Generator(trainer.device).manual_seed(args.seed),
-    )  # fmt: skip
-    bpd_seconds = time.perf_counter() - t0
-    _plot_losses(result.losses, out / "loss.png")
-    _write_demo_report(
-        out, config, result, train_seconds, samples, fd_floor, bpd, bpd_seconds, time.perf_counter() - start
-    )
-    print(f"wrote {out / 'report.md'}: test bits/dim {bpd.mean:.3f} ± {bpd.std_error:.3f} "
-          f"in {time.perf_counter() - start:.0f} s")  # fmt: skip
+        toy_demo(out, seed=args.seed, progress=args.progress, **steps)
+    else:
+        digits_demo(out, channels=args.channels, pc_steps=args.pc_steps, eval_images=args.eval_images,
+                    device=args.device, seed=args.seed, progress=args.progress, **steps)  # fmt: skip
 
 
-def _plot_losses(losses: list[float], path: Path) -> None:
-    import matplotlib
+def _bench(args: argparse.Namespace) -> int:
+    from scoresde.bench import main as bench_main  # the harness and its optional peers: imported on use
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from scoresde.plot import save_figure
-
-    fig, ax = plt.subplots(figsize=(5, 3))
-    ax.plot(range(1, len(losses) + 1), losses, lw=0.8)
-    ax.set_xlabel("step")
-    ax.set_ylabel("DSM loss (σ² weighting)")
-    ax.set_yscale("log")
-    fig.tight_layout()
-    save_figure(fig, path, dpi=80)
+    return bench_main(args.passed_on)
 
 
-def _write_demo_report(
-    out: Path, config: dict[str, Any], result: TrainResult, train_seconds: float,
-    samples: dict[str, tuple[str, int, float, int | None, float]], fd_floor: float, bpd: sd.BpdEvaluation,
-    bpd_seconds: float, total: float,
-) -> None:  # fmt: skip
-    tail = result.losses[-50:]
-    m, t = config["model"], config["train"]
-    pc, ode = samples["pc"], samples["ode"]
-    atomic_write_text(
-        out / "report.md",
-        "# scoresde demo: digits\n\n"
-        f"A DDPM++-style U-Net (channels {m['channels']}, multipliers {m['channel_mults']}, "
-        f"{m['num_res_blocks']} residual block per level, attention at levels {m['attention_levels']}) in the "
-        f"epsilon parameterisation, trained with denoising score matching under the VP SDE "
-        f"(beta 0.1 -> 20) on the 1500 training images of sklearn's 8x8 digits (17 grey levels, uniformly "
-        f"dequantized, mapped to [-1, 1]) for {result.step} steps of batch {t['batch_size']} "
-        f"(AdamW, lr {t['lr']}, cosine, EMA {t['ema_decay']}): {train_seconds:.0f} s, final loss "
-        f"{sum(tail) / len(tail):.4f}.\n\n"
-        "| | |\n|---|---|\n"
-        f"| test bits/dim ({bpd.num_samples} test images) | **{bpd.mean:.3f} ± {bpd.std_error:.3f}** |\n"
-        f"| bits/dim evaluation | PF-ODE dopri5, rtol = atol = 1e-4, Hutchinson (Rademacher), NFE {bpd.nfe}, "
-        f"{bpd_seconds:.0f} s |\n"
-        f"| PC sampler (reverse diffusion + Langevin, snr 0.16, {pc[3]} steps) | NFE {pc[1]}, {pc[2]:.0f} s, "
-        f"digits FD {pc[4]:.0f} |\n"
-        f"| ODE sampler (dopri5, rtol = atol = 1e-3, to t = 1e-3 + denoising) | NFE {ode[1]}, {ode[2]:.0f} s, "
-        f"digits FD {ode[4]:.0f} |\n"
-        f"| total demo time | {total:.0f} s |\n\n"
-        "Digits FD: the Fréchet distance between the 64 samples and the test images in the features of the "
-        f"bundled digits classifier (`sd.digits_frechet_distance`); 64 training images score {fd_floor:.0f}, "
-        "the floor at this sample size.\n\n"
-        "For scale: a 10-component full-covariance Gaussian mixture scores about 2.64 bits/dim under the same "
-        "protocol (`benchmarks/digits.py`); a longer run of `scoresde train` gets further.\n\n"
-        "| test data | PC samples | ODE samples |\n|---|---|---|\n"
-        f"| ![data](data.png) | ![pc]({samples['pc'][0]}) | ![ode]({samples['ode'][0]}) |\n\n"
-        "![training loss](loss.png)\n"
-    )
+class _Renamed(argparse.Action):
+    """An old spelling of a flag: sets the new one's value and says so on stderr."""
 
+    def __init__(self, option_strings: list[str], dest: str, new: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, **kwargs)
+        self.new = new
 
-def _toy_demo(args: argparse.Namespace) -> None:
-    """Train an MLP score model on a 2-D mixture, compare its score field with the exact one."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from scoresde.plot import plot_score_field, save_figure
-
-    out = check_output_folder(args.out, "--out")
-    out.mkdir(parents=True, exist_ok=True)
-    steps = 3000 if args.steps is None else args.steps
-    torch.manual_seed(args.seed)
-    gen = torch.Generator().manual_seed(args.seed)
-    sde = sd.VPSDE()
-    gmm = ring_mixture()
-    exact = gmm.score_fn(sde)
-    model = sd.EpsilonScore(sd.nn.MLP(dim=2, hidden=128, depth=3), sde)
-    result = sd.fit(
-        model, sde, lambda n, g: gmm.sample(n, generator=g), steps=steps, batch_size=512,
-        generator=gen, progress=args.progress,
-    )  # fmt: skip
-
-    times = (0.01, 0.1, 0.5)
-    errors = {}
-    for t in times:
-        x = gmm.marginal(sde, t).sample(4096, generator=gen)
-        errors[t] = relative_score_error(model, exact, x, torch.full((len(x),), t)).item()
-
-    fig, axes = plt.subplots(2, len(times), figsize=(4 * len(times), 8))
-    for col, t in enumerate(times):
-        plot_score_field(axes[0, col], exact, t, title=f"exact score, t = {t}", color="tab:blue")
-        with torch.no_grad():
-            plot_score_field(
-                axes[1, col], lambda x, tt: model(x.float(), tt.float()), t,
-                title=f"learned score, t = {t}", color="tab:red",
-            )  # fmt: skip
-    fig.tight_layout()
-    save_figure(fig, out / "score_field.png", dpi=80)
-
-    rows = "\n".join(f"| {t} | {e:.4f} |" for t, e in errors.items())
-    atomic_write_text(
-        out / "report.md",
-        "# scoresde demo\n\n"
-        f"MLP score model (epsilon parameterisation) trained for {steps} steps on an 8-mode ring "
-        f"mixture under {sde!r}; final loss {sum(result.losses[-100:]) / len(result.losses[-100:]):.4f}.\n\n"
-        "Relative squared L2 error of the learned score against the exact mixture score on p_t samples:\n\n"
-        f"| t | E‖s - s*‖² / E‖s*‖² |\n|---|---|\n{rows}\n\n![score field](score_field.png)\n"
-    )
-    print(f"wrote {out / 'report.md'} and {out / 'score_field.png'}")
-    for t, e in errors.items():
-        print(f"t={t}: relative score error {e:.4f}")
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:  # fmt: skip
+        print(f"{parser.prog}: note: {option_string} is deprecated, use {self.new}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
 
 
 # ----------------------------------------------------------------------------- parser
@@ -443,8 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train a U-Net score model on images")
     train.add_argument("--config", help="TOML file with [data], [sde], [model], [train], [run] tables")
-    for flag, _, _, kind, text in _TRAIN_FLAGS:
-        train.add_argument(flag, type=_ints if kind == "ints" else kind, default=None, help=text)
+    for flag, section, key, kind, text in _CONFIG_FLAGS:
+        train.add_argument(flag, type=_ints if kind == "ints" else kind, default=None,
+                           help=_with_default(text, DEFAULT_CONFIG[section][key]))  # fmt: skip
     train.add_argument("--download", action="store_true", help="fetch an opt-in data set (needs torchvision)")
     train.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
                        help="continue the run in --out from its checkpoint.pt, or from CHECKPOINT (e.g. "
@@ -479,8 +333,11 @@ def build_parser() -> argparse.ArgumentParser:
     likelihood = sub.add_parser("likelihood", help="bits/dim of a data split under a checkpoint")
     add_checkpoint_args(likelihood)
     likelihood.add_argument("--split", choices=("train", "test"), default="test")
-    likelihood.add_argument("--estimator", choices=("hutchinson", "exact", "auto"), default="hutchinson",
-                            help="divergence: Hutchinson (Rademacher probes) or exact")  # fmt: skip
+    divergences = ("hutchinson", "exact", "auto")  # those of sd.log_likelihood(divergence=...)
+    likelihood.add_argument("--divergence", choices=divergences, default="hutchinson",
+                            help="Hutchinson (Rademacher probes), exact, or auto (exact up to 64 values)")  # fmt: skip
+    likelihood.add_argument("--estimator", choices=divergences, dest="divergence", action=_Renamed,
+                            new="--divergence", help=argparse.SUPPRESS)  # fmt: skip
     likelihood.add_argument("--num-probes", type=_positive_int, default=1)
     likelihood.add_argument("--num-images", type=_positive_int, help="the first N images of the split (default all)")
     likelihood.add_argument("--batch-size", type=_positive_int, default=128)
@@ -499,30 +356,28 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--progress", action=argparse.BooleanOptionalAction, default=False)
     demo.set_defaults(func=_demo, on_interrupt="the demo starts afresh when run again")
 
-    # listed for --help; main() hands its arguments to scoresde.bench (its own parser)
-    sub.add_parser("bench", add_help=False, help="solver, likelihood and overhead benchmarks (scoresde bench --help)")
+    # its flags are the harness's own (scoresde bench --help): main() passes them on
+    bench = sub.add_parser("bench", add_help=False,
+                           help="solver, likelihood and overhead benchmarks (scoresde bench --help)")  # fmt: skip
+    bench.set_defaults(func=_bench, passes_on=True, on_interrupt="the benchmark stopped before it finished")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["bench"]:
-        from scoresde.bench.main import main as bench_main
-
-        return bench_main(argv[1:])
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command == "demo" and not args.toy and args.steps is None:
-        args.steps = 500
+    args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else list(argv))
+    if rest and not getattr(args, "passes_on", False):
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")  # what parse_args says
+    args.passed_on = rest
     try:
-        args.func(args)
+        code = args.func(args)
     except (ValueError, TypeError, OSError, ImportError, FloatingPointError) as err:
         print(f"scoresde {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as err:  # the train command names its last checkpoint; the others wrote nothing
         print(f"scoresde {args.command}: interrupted; {str(err) or args.on_interrupt}", file=sys.stderr)
         return 130
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

@@ -1,27 +1,31 @@
 """Run configurations for the ``scoresde`` command: a plain nested dict (the shape of a TOML
-file) -> data, SDE and score network. The dict is what checkpoints store, so a checkpoint
-alone rebuilds its model (:func:`load_run`).
+file) -> data, SDE, score network and :class:`~scoresde.train.Trainer`. The dict is what
+checkpoints store, so a checkpoint alone rebuilds its model (:func:`load_run`).
 
-Sections and defaults are :data:`DEFAULT_CONFIG`; a TOML file or command-line flags override
-single keys, and an unknown key or a value of the wrong type is a ``ValueError`` naming it.
+Sections and defaults are :data:`DEFAULT_CONFIG` (the ``train`` section is
+:class:`~scoresde.train.TrainConfig`'s fields); a TOML file or command-line flags override
+single keys, and an unknown key or a bad value is a ``ValueError`` naming it.
 """
 
 from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
-from scoresde.checkpoint import load_checkpoint
+from scoresde.checkpoint import checkpoint_mismatch, load_checkpoint
 from scoresde.data import ImageData, load_images
 from scoresde.nn import UNet
 from scoresde.score import EpsilonScore, ScoreModel
 from scoresde.sde import VESDE, VPSDE, LinearSDE, SubVPSDE
-from scoresde.train import checkpoint_mismatch
+from scoresde.train import TrainConfig, Trainer, init_distributed, resolve_device
 
-__all__ = ["DEFAULT_CONFIG", "build_model", "build_sde", "load_config", "load_data", "load_run", "merge_config"]
+__all__ = [
+    "DEFAULT_CONFIG", "Run", "build_model", "build_sde", "build_trainer", "load_config", "load_data", "load_run",
+    "merge_config",
+]  # fmt: skip
 
 DEFAULT_CONFIG: dict[str, Any] = {
     "data": {"name": "digits", "root": "", "download": False},
@@ -32,12 +36,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "channels": 32, "channel_mults": [1, 2, 2], "num_res_blocks": 1, "attention_levels": [1], "num_heads": 1,
         "dropout": 0.1, "embedding": "fourier",
     },
-    "train": {
-        "steps": 2000, "batch_size": 128, "lr": 1e-3, "lr_schedule": "constant", "warmup_steps": 200,
-        "weight_decay": 0.0, "grad_clip": 1.0, "ema_decay": 0.999, "weighting": "sigma2", "time_sampling": "uniform",
-        "seed": 0, "eval_every": 0, "checkpoint_every": 500, "log_every": 50, "num_eval_images": 64,
-        "num_grid_samples": 64,
-    },
+    "train": TrainConfig().as_dict(),
     "run": {"out": "runs/train", "device": "auto"},
 }  # fmt: skip
 """Every key a run configuration may set, with its default."""
@@ -81,7 +80,8 @@ def merge_config(base: dict[str, Any], override: dict[str, Any]) -> dict[str, An
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """:data:`DEFAULT_CONFIG`, then the TOML file at ``path``, then ``overrides``."""
+    """:data:`DEFAULT_CONFIG`, then the TOML file at ``path``, then ``overrides``; the ``train``
+    section is checked as a :class:`~scoresde.train.TrainConfig` (before any work is done)."""
     config = copy.deepcopy(DEFAULT_CONFIG)
     if path is not None:
         import tomllib
@@ -93,18 +93,23 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
             config = merge_config(config, tomllib.loads(path.read_text()))
         except tomllib.TOMLDecodeError as err:
             raise ValueError(f"config file {path} is not valid TOML: {err}") from None
-    return merge_config(config, overrides or {})
+    config = merge_config(config, overrides or {})
+    try:
+        TrainConfig(**config["train"])
+    except ValueError as err:  # its messages start with the key's name
+        raise ValueError(f"config key train.{err}") from None
+    return config
 
 
 def build_sde(section: dict[str, Any]) -> LinearSDE:
-    """``vp`` (linear or cosine schedule), ``subvp`` or ``ve`` from the ``sde`` section."""
+    """``vp`` or ``subvp`` (each with the linear or cosine beta schedule) or ``ve`` from the
+    ``sde`` section."""
     name = section["name"]
-    if name == "vp":
-        if section["schedule"] == "cosine":
-            return VPSDE(schedule="cosine")
-        return VPSDE(section["beta_min"], section["beta_max"], schedule=section["schedule"])
-    if name == "subvp":
-        return SubVPSDE(section["beta_min"], section["beta_max"])
+    if name in ("vp", "subvp"):
+        cls = VPSDE if name == "vp" else SubVPSDE
+        if section["schedule"] == "cosine":  # no beta_min/beta_max: the cosine schedule fixes them
+            return cls(schedule="cosine")
+        return cls(section["beta_min"], section["beta_max"], schedule=section["schedule"])
     if name == "ve":
         return VESDE(section["sigma_min"], section["sigma_max"])
     raise ValueError(f"config key sde.name must be 'vp', 'subvp' or 've', got {name!r}")
@@ -131,12 +136,45 @@ def load_data(section: dict[str, Any], split: str) -> ImageData:
     return load_images(section["name"], section["root"] or None, split, download=section["download"])
 
 
-def load_run(
-    checkpoint: str | Path, device: str | torch.device = "cpu", *, ema: bool = True
-) -> tuple[ScoreModel, LinearSDE, dict[str, Any], int]:
+def build_trainer(
+    config: dict[str, Any], *, resume: bool | str | Path = False, resume_state: dict[str, Any] | None = None,
+    progress: bool = False,
+) -> Trainer:  # fmt: skip
+    """The :class:`~scoresde.train.Trainer` of the run described by ``config``, its data loaded
+    and its model built, under ``config["run"]["out"]``; joins a ``torchrun`` process group if
+    there is one (``resume``, ``resume_state``: see :class:`~scoresde.train.Trainer`)."""
+    device = resolve_device(config["run"]["device"])
+    init_distributed(device)
+    settings = TrainConfig(**config["train"])
+    torch.manual_seed(settings.seed)  # the network's initialisation (identical on every rank)
+    data, eval_data = load_data(config["data"], "train"), load_data(config["data"], "test")
+    sde = build_sde(config["sde"])
+    model = build_model(config["model"], data.image_shape, sde)
+    return Trainer(model, sde, data, out_dir=config["run"]["out"], settings=settings, device=device,
+                   eval_data=eval_data, config=config, progress=progress, resume=resume,
+                   resume_state=resume_state)  # fmt: skip
+
+
+class Run(NamedTuple):
+    """A trained model rebuilt from its checkpoint (:func:`load_run`)."""
+
+    model: ScoreModel
+    """In eval mode, on the device asked for."""
+    sde: LinearSDE
+    config: dict[str, Any]
+    """The run's config, completed with :data:`DEFAULT_CONFIG`."""
+    step: int
+    """The training step of the checkpoint."""
+    event_shape: tuple[int, ...]
+    """The shape of one data item, e.g. ``(1, 8, 8)``."""
+    num_levels: int | None
+    """The grey levels of the training images (``None`` for tensor data)."""
+
+
+def load_run(checkpoint: str | Path, device: str | torch.device = "cpu", *, ema: bool = True) -> Run:
     """Rebuild a trained score model from a checkpoint written by the ``scoresde train``
-    command: ``(model, sde, config, step)``, the model in eval mode with the EMA weights
-    (or the raw ones with ``ema=False``)."""
+    command (the file is read once), the model with the EMA weights (or the raw ones with
+    ``ema=False``)."""
     state = load_checkpoint(checkpoint, map_location=device)
     config = state.get("config")
     if not isinstance(config, dict) or "model" not in config or "data" not in config:
@@ -146,13 +184,14 @@ def load_run(
     m = config["model"]
     target = f"the model its config describes (channels {m['channels']}, channel_mults {m['channel_mults']})"
     try:
-        model = build_model(m, tuple(state["event_shape"]), sde)
+        event_shape = tuple(state["event_shape"])
+        model = build_model(m, event_shape, sde)
         if ema:
             weights = {k.removeprefix("module."): v for k, v in state["ema"].items() if k != "n_averaged"}
         else:
             weights = state["model"]
         model.load_state_dict(weights)
-        step = int(state["step"])
+        step, num_levels = int(state["step"]), state["num_levels"]
     except (KeyError, RuntimeError) as err:
         raise checkpoint_mismatch(checkpoint, err, target) from None
-    return model.to(device).eval(), sde, config, step
+    return Run(model.to(device).eval(), sde, config, step, event_shape, num_levels)

@@ -26,7 +26,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,17 +36,18 @@ from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from scoresde._atomic import atomic_write, atomic_write_text, remove_stale_temporaries
-from scoresde.checkpoint import check_plain, load_checkpoint, save_checkpoint
+from scoresde.checkpoint import check_plain, checkpoint_mismatch, load_checkpoint, save_checkpoint
 from scoresde.data import ImageData
 from scoresde.discrete_data import BpdEvaluation, evaluate_bpd
-from scoresde.likelihood import decode
 from scoresde.losses import TIME_SAMPLINGS, WEIGHTINGS, dsm_loss
 from scoresde.progress import progress_bar
+from scoresde.sample import sample_ode
 from scoresde.score import ScoreModel
 from scoresde.sde.base import LinearSDE
 
 __all__ = [
     "FitResult",
+    "TrainConfig",
     "TrainResult",
     "Trainer",
     "distributed_context",
@@ -56,6 +57,7 @@ __all__ = [
 ]
 
 BatchSource = Tensor | Callable[[int, torch.Generator], Tensor]
+
 
 @dataclass
 class FitResult:
@@ -178,6 +180,75 @@ def _stream_seed(seed: int, rank: int, stream: int) -> int:
 # ----------------------------------------------------------------------------- trainer
 
 
+def _rule(help: str, *, low: float = 0, above: bool = False, below: float | None = None,
+          choices: tuple[str, ...] | None = None) -> dict[str, Any]:  # fmt: skip
+    """A :class:`TrainConfig` field's description and the values it takes: ``>= low`` (``> low``
+    with ``above``; ``< below`` too), or one of ``choices``."""
+    return {"help": help, "low": low, "above": above, "below": below, "choices": choices}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The settings of a :class:`Trainer` run and their defaults, listed once: the ``[train]``
+    table of a run config (:mod:`scoresde.config`) and the ``scoresde train`` flags are these
+    fields. Checked on construction (a bad value is a ``ValueError`` naming it); ints pass for
+    floats and are stored as floats. :meth:`as_dict` is the plain dict a checkpoint stores.
+
+    ``lr``: the peak learning rate, reached after ``warmup_steps`` of linear warm-up from
+    ``lr / warmup_steps``, then held (``lr_schedule="constant"``) or annealed to 0 at ``steps``
+    (``"cosine"``). ``weighting``, ``time_sampling``: passed to :func:`~scoresde.dsm_loss`.
+    ``seed`` seeds the batch order, the noise and dropout (the model's initialisation is yours).
+    """
+
+    steps: int = field(default=2000, metadata=_rule("optimisation steps", low=1))
+    batch_size: int = field(default=128, metadata=_rule("global batch size, split over the ranks", low=1))
+    lr: float = field(default=1e-3, metadata=_rule("peak learning rate", above=True))
+    lr_schedule: str = field(
+        default="constant",
+        metadata=_rule("after warm-up: constant, or cosine (to 0 at the last step)", choices=("constant", "cosine")),
+    )
+    warmup_steps: int = field(default=200, metadata=_rule("linear warm-up steps"))
+    weight_decay: float = field(default=0.0, metadata=_rule("AdamW's decoupled weight decay"))
+    grad_clip: float = field(default=1.0, metadata=_rule("max global gradient norm (0: no clipping)"))
+    ema_decay: float = field(default=0.999, metadata=_rule("EMA decay of the weights", below=1.0))
+    weighting: str = field(
+        default="sigma2", metadata=_rule("DSM weighting: sigma2, likelihood or none", choices=WEIGHTINGS)
+    )
+    time_sampling: str = field(
+        default="uniform", metadata=_rule("uniform, or importance (with likelihood weighting)", choices=TIME_SAMPLINGS)
+    )
+    seed: int = field(default=0, metadata=_rule("seed of the batch order, noise and dropout"))
+    eval_every: int = field(default=0, metadata=_rule("evaluate every N steps (0: at the end only)"))
+    checkpoint_every: int = field(default=500, metadata=_rule("checkpoint every N steps (0: at the end only)"))
+    log_every: int = field(default=50, metadata=_rule("log the mean loss every N steps", low=1))
+    num_eval_images: int = field(default=64, metadata=_rule("test images for bits/dim at evaluation"))
+    num_grid_samples: int = field(default=64, metadata=_rule("images in the evaluation sample grid"))
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            name, value, rule = f.name, getattr(self, f.name), f.metadata
+            if rule["choices"] is not None:
+                if value not in rule["choices"]:
+                    raise ValueError(f"{name} must be one of {rule['choices']}, got {value!r}")
+            elif isinstance(f.default, int):
+                if not isinstance(value, int) or isinstance(value, bool) or value < rule["low"]:
+                    raise ValueError(f"{name} must be an int >= {rule['low']}, got {value!r}")
+            else:
+                number = isinstance(value, (int, float)) and not isinstance(value, bool)
+                low, below = rule["low"], rule["below"]
+                if below is not None:
+                    if not (number and low <= value < below):
+                        raise ValueError(f"{name} must be a number in [{low}, {below:g}), got {value!r}")
+                elif not (number and math.isfinite(value) and (value > low if rule["above"] else value >= low)):
+                    raise ValueError(f"{name} must be a finite number {'>' if rule['above'] else '>='} {low}, "
+                                     f"got {value!r}")  # fmt: skip
+                object.__setattr__(self, name, float(value))
+
+    def as_dict(self) -> dict[str, Any]:
+        """The settings as a plain dict (what a checkpoint stores and a ``[train]`` table holds)."""
+        return asdict(self)
+
+
 @dataclass
 class TrainResult:
     """Output of :meth:`Trainer.train`: the mean-over-ranks loss of every step run in this
@@ -202,32 +273,31 @@ class Trainer:
             used as is.
         out_dir: where ``checkpoint.pt``, ``checkpoint-previous.pt``, ``metrics.jsonl`` and
             ``samples/`` go.
-        steps: total optimisation steps of the run. batch_size: global batch (split over ranks).
-        lr: peak learning rate; ``warmup_steps`` of linear warm-up from ``lr/warmup_steps``, then
-            ``lr_schedule`` ``"constant"`` or ``"cosine"`` (to 0 at ``steps``).
-        weight_decay: AdamW's decoupled weight decay. grad_clip: max global gradient norm (0: off).
-        ema_decay: decay of the exponential moving average of the weights (evaluation and
-            checkpoints use the average too).
-        weighting, time_sampling: passed to :func:`~scoresde.dsm_loss`.
-        seed: seeds the batch order, noise and dropout (the model's initialisation is yours).
+        settings: the run's :class:`TrainConfig` (default ``TrainConfig()``): steps, batch size,
+            learning rate and its schedule, EMA decay, loss, seed, and how often to evaluate,
+            checkpoint and log.
+        **overrides: single :class:`TrainConfig` fields, set over ``settings``
+            (``Trainer(..., steps=5000, lr=2e-4)``).
         device: ``"auto"``, ``"cpu"``, ``"cuda"``... mixed_precision: bf16 autocast on CUDA
             (ignored on CPU).
         eval_data: held-out :class:`ImageData` for bits/dim (its first ``num_eval_images``).
-        eval_every: evaluate every so many steps and at the end (0: only at the end; evaluation
-            needs ``ImageData``). num_grid_samples: images in the sample grid (0: none),
-            drawn with the probability-flow ODE from fixed noise.
+            Evaluation runs every ``eval_every`` steps and at the end, and needs ``ImageData``;
+            its sample grid (``num_grid_samples`` images, 0: none) is drawn with the
+            probability-flow ODE from fixed noise.
         bpd_kwargs: passed to :func:`~scoresde.evaluate_bpd` (default Hutchinson divergence
             with one Rademacher probe, ``rtol = atol = 1e-4``).
-        checkpoint_every: save every so many steps (and always at the end of :meth:`train`);
-            the checkpoint it replaces is kept as ``checkpoint-previous.pt``.
-        log_every: write the mean loss to ``metrics.jsonl`` every so many steps.
         config: the run's description, stored in every checkpoint (plain values only).
         progress: a tqdm bar on rank 0.
         resume: ``True``: continue from ``out_dir/checkpoint.pt`` if present; a path: continue
             from that checkpoint (e.g. ``checkpoint-previous.pt`` after a divergence).
+        resume_state: the content of the checkpoint ``resume`` names, when the caller has read
+            it already (``scoresde train --resume`` reads it for the run's config): it is not
+            read again.
 
-    Steps are counted from 1, as in ``metrics.jsonl``: the checkpoint of step ``s`` holds the
-    weights after ``s`` updates, and step ``s + 1`` is the first whose loss is computed from them.
+    A checkpoint is saved every ``checkpoint_every`` steps and always at the end of
+    :meth:`train`; the one it replaces is kept as ``checkpoint-previous.pt``. Steps are counted
+    from 1, as in ``metrics.jsonl``: the checkpoint of step ``s`` holds the weights after ``s``
+    updates, and step ``s + 1`` is the first whose loss is computed from them.
     """
 
     def __init__(
@@ -237,53 +307,28 @@ class Trainer:
         data: ImageData | Tensor,
         *,
         out_dir: str | Path,
-        steps: int,
-        batch_size: int = 128,
-        lr: float = 2e-4,
-        lr_schedule: str = "constant",
-        warmup_steps: int = 0,
-        weight_decay: float = 0.0,
-        grad_clip: float = 1.0,
-        ema_decay: float = 0.999,
-        weighting: str = "sigma2",
-        time_sampling: str = "uniform",
-        seed: int = 0,
+        settings: TrainConfig | None = None,
         device: str | torch.device | None = "auto",
         mixed_precision: bool = True,
         eval_data: ImageData | None = None,
-        eval_every: int = 0,
-        num_eval_images: int = 64,
-        num_grid_samples: int = 64,
         bpd_kwargs: dict[str, Any] | None = None,
-        checkpoint_every: int = 0,
-        log_every: int = 50,
         config: dict[str, Any] | None = None,
         progress: bool = False,
         resume: bool | str | Path = False,
+        resume_state: dict[str, Any] | None = None,
+        **overrides: Any,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module score model, got {type(model).__name__}")
         if not isinstance(sde, LinearSDE):
             raise TypeError(f"sde must be a LinearSDE, got {type(sde).__name__}")
-        for name, value, low in (("steps", steps, 1), ("batch_size", batch_size, 1), ("warmup_steps", warmup_steps, 0),
-                                 ("eval_every", eval_every, 0), ("checkpoint_every", checkpoint_every, 0),
-                                 ("log_every", log_every, 1), ("num_eval_images", num_eval_images, 0),
-                                 ("num_grid_samples", num_grid_samples, 0), ("seed", seed, 0)):  # fmt: skip
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-        for name, value, low in (("lr", lr, 0.0), ("weight_decay", weight_decay, 0.0), ("grad_clip", grad_clip, 0.0)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= low or value == math.inf:
-                raise ValueError(f"{name} must be a finite number >= {low}, got {value!r}")
-        if not lr > 0:
-            raise ValueError(f"lr must be > 0, got {lr!r}")
-        if not isinstance(ema_decay, (int, float)) or not 0 <= ema_decay < 1:
-            raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay!r}")
-        if lr_schedule not in ("constant", "cosine"):
-            raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
-        if weighting not in WEIGHTINGS:
-            raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
-        if time_sampling not in TIME_SAMPLINGS:
-            raise ValueError(f"time_sampling must be one of {TIME_SAMPLINGS}, got {time_sampling!r}")
+        if settings is not None and not isinstance(settings, TrainConfig):
+            raise TypeError(f"settings must be a TrainConfig, got {type(settings).__name__}")
+        unknown = sorted(set(overrides) - {f.name for f in fields(TrainConfig)})
+        if unknown:
+            raise TypeError(f"Trainer got unknown keyword argument(s) {', '.join(unknown)} (the training settings "
+                            f"are TrainConfig's fields: {', '.join(f.name for f in fields(TrainConfig))})")  # fmt: skip
+        self.settings = s = replace(settings or TrainConfig(), **overrides)
         if isinstance(data, Tensor):
             if not data.is_floating_point() or data.ndim < 2 or data.shape[0] == 0:
                 raise ValueError(f"tensor data must be a non-empty float (n, *event) tensor, got {data.dtype} "
@@ -292,37 +337,30 @@ class Trainer:
             raise TypeError(f"data must be an ImageData or a float tensor, got {type(data).__name__}")
         if eval_data is not None and not isinstance(eval_data, ImageData):
             raise TypeError(f"eval_data must be an ImageData, got {type(eval_data).__name__}")
+        if resume_state is not None and resume is False:
+            raise ValueError("resume_state is the content of the checkpoint to resume from: pass resume too")
         config = {} if config is None else config
         check_plain(config, "config")
 
         self.rank, self.world_size = distributed_context()
-        if batch_size % self.world_size:
-            raise ValueError(f"batch_size={batch_size} is not divisible by the {self.world_size} ranks")
+        if s.batch_size % self.world_size:
+            raise ValueError(f"batch_size={s.batch_size} is not divisible by the {self.world_size} ranks")
         self.device = resolve_device(device)
         self.sde, self.data, self.eval_data = sde, data, eval_data
         self.out_dir = Path(out_dir)
         self.checkpoint_path = self.out_dir / "checkpoint.pt"
         self.previous_checkpoint_path = self.out_dir / "checkpoint-previous.pt"
         self.metrics_path = self.out_dir / "metrics.jsonl"
-        self.steps, self.batch_size, self.seed = steps, batch_size, seed
-        self.lr, self.lr_schedule, self.warmup_steps = float(lr), lr_schedule, warmup_steps
-        self.grad_clip, self.weighting, self.time_sampling = float(grad_clip), weighting, time_sampling
         self.autocast = mixed_precision and self.device.type == "cuda"
-        self.eval_every, self.num_eval_images, self.num_grid_samples = eval_every, num_eval_images, num_grid_samples
         self.bpd_kwargs = {"divergence": "hutchinson", "rtol": 1e-4, "atol": 1e-4, **(bpd_kwargs or {})}
-        self.checkpoint_every, self.log_every, self.progress = checkpoint_every, log_every, progress
-        self._evaluates = isinstance(data, ImageData) and bool(num_grid_samples or (eval_data and num_eval_images))
-        self.hparams: dict[str, Any] = {
-            "steps": steps, "batch_size": batch_size, "lr": float(lr), "lr_schedule": lr_schedule,
-            "warmup_steps": warmup_steps, "weight_decay": float(weight_decay), "grad_clip": float(grad_clip),
-            "ema_decay": float(ema_decay), "weighting": weighting, "time_sampling": time_sampling, "seed": seed,
-        }  # fmt: skip
+        self.progress = progress
+        self._evaluates = isinstance(data, ImageData) and bool(s.num_grid_samples or (eval_data and s.num_eval_images))
         self.config = config
 
         self.model = model.to(self.device)
-        self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
+        self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(s.ema_decay), use_buffers=True)
         self.ema.eval()
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=weight_decay)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
         self._train_model: nn.Module = self.model
         if self.world_size > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -333,26 +371,31 @@ class Trainer:
         # them (None: no such file, or one this trainer knows nothing of)
         self.checkpoint_step: int | None = None
         self.previous_checkpoint_step: int | None = None
-        self.generator = torch.Generator(self.device).manual_seed(_stream_seed(seed, self.rank, 0))
-        self._dropout_rng = self._seeded_rng_state(_stream_seed(seed, self.rank, 1))
+        self.generator = torch.Generator(self.device).manual_seed(_stream_seed(s.seed, self.rank, 0))
+        self._dropout_rng = self._seeded_rng_state(_stream_seed(s.seed, self.rank, 1))
 
         num = len(data) if isinstance(data, ImageData) else data.shape[0]
         self._sampler = torch.utils.data.DistributedSampler(
-            range(num), num_replicas=self.world_size, rank=self.rank, shuffle=True, seed=seed, drop_last=True
+            range(num), num_replicas=self.world_size, rank=self.rank, shuffle=True, seed=s.seed, drop_last=True
         )
-        self._per_rank = batch_size // self.world_size
+        self._per_rank = s.batch_size // self.world_size
         self._batches_per_epoch = len(self._sampler) // self._per_rank
         if self._batches_per_epoch == 0:
-            raise ValueError(f"batch_size={batch_size} is larger than the data set ({num} items)")
+            raise ValueError(f"batch_size={s.batch_size} is larger than the data set ({num} items)")
         self._epoch: int | None = None
         self._order = torch.empty(0, dtype=torch.long)
 
         if resume is not False and resume is not True:
-            self.load(resume)
+            self.load(resume, resume_state)
         elif resume and self.checkpoint_path.exists():
-            self.load(self.checkpoint_path)
+            self.load(self.checkpoint_path, resume_state)
         elif self.rank == 0 and self.metrics_path.exists():
             self.metrics_path.unlink()  # a new run: its log starts empty
+
+    @property
+    def hparams(self) -> dict[str, Any]:
+        """The run's :class:`TrainConfig` as a plain dict (stored in checkpoints as ``"trainer"``)."""
+        return self.settings.as_dict()
 
     # --- randomness
 
@@ -380,11 +423,12 @@ class Trainer:
     # --- one step
 
     def _learning_rate(self, step: int) -> float:
-        scale = min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps else 1.0
-        if self.lr_schedule == "cosine":
-            frac = max(0, step - self.warmup_steps) / max(1, self.steps - self.warmup_steps)
+        s = self.settings
+        scale = min(1.0, (step + 1) / s.warmup_steps) if s.warmup_steps else 1.0
+        if s.lr_schedule == "cosine":
+            frac = max(0, step - s.warmup_steps) / max(1, s.steps - s.warmup_steps)
             scale *= 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
-        return self.lr * scale
+        return s.lr * scale
 
     def _batch(self, step: int) -> Tensor:
         """This rank's share of batch ``step``: a seeded permutation per epoch, so the batch
@@ -416,8 +460,8 @@ class Trainer:
             self._set_rng(self._dropout_rng)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
                 loss = dsm_loss(
-                    self._train_model, self.sde, x0, weighting=self.weighting, time_sampling=self.time_sampling,
-                    generator=self.generator,
+                    self._train_model, self.sde, x0, weighting=self.settings.weighting,
+                    time_sampling=self.settings.time_sampling, generator=self.generator,
                 )  # fmt: skip
             self._dropout_rng = self._get_rng()
         value = self._mean_over_ranks(loss.detach().float()).item()
@@ -425,7 +469,7 @@ class Trainer:
             raise FloatingPointError(self._divergence_message(value, step + 1))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip or math.inf)
+        grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.grad_clip or math.inf)
         self.optimizer.step()
         self.ema.update_parameters(self.model)
         return value, grad_norm
@@ -459,7 +503,8 @@ class Trainer:
         two), checkpointing, logging and evaluating on the way; always saves a checkpoint at
         the end. Raises ``FloatingPointError`` on a non-finite loss (nothing is saved then; the
         message names the checkpoint to resume from)."""
-        end = self.steps if stop_at is None else min(stop_at, self.steps)
+        s = self.settings
+        end = s.steps if stop_at is None else min(stop_at, s.steps)
         main = self.rank == 0
         start_time = time.perf_counter()
         losses: list[float] = []
@@ -467,7 +512,7 @@ class Trainer:
         window: list[float] = []
         window_start = time.perf_counter()
         self.model.train()
-        with progress_bar(total=self.steps, enabled=self.progress and main, desc="train") as bar:
+        with progress_bar(total=s.steps, enabled=self.progress and main, desc="train") as bar:
             bar.update(self.step)
             while self.step < end:
                 value, grad_norm = self._train_step(self.step)
@@ -475,9 +520,9 @@ class Trainer:
                 losses.append(value)
                 window.append(value)
                 bar.update(1)
-                if self.step % self.log_every == 0 or self.step == end:
+                if self.step % s.log_every == 0 or self.step == end:
                     elapsed = time.perf_counter() - window_start
-                    rate = len(window) * self.batch_size / max(elapsed, 1e-9)
+                    rate = len(window) * s.batch_size / max(elapsed, 1e-9)
                     bar.set_postfix(loss=f"{sum(window) / len(window):.4f}", img_per_s=f"{rate:.0f}", refresh=False)
                     self._log({
                         "kind": "train", "step": self.step, "loss": sum(window) / len(window),
@@ -485,12 +530,12 @@ class Trainer:
                         "images_per_second": rate, "seconds": time.perf_counter() - start_time,
                     })  # fmt: skip
                     window, window_start = [], time.perf_counter()
-                if self.checkpoint_every and self.step % self.checkpoint_every == 0:
+                if s.checkpoint_every and self.step % s.checkpoint_every == 0:
                     self.save()
-                if self._evaluates and self.eval_every and self.step % self.eval_every == 0 and self.step < self.steps:
+                if self._evaluates and s.eval_every and self.step % s.eval_every == 0 and self.step < s.steps:
                     evaluations.append(self.evaluate())
                     self.model.train()
-        if self.step == self.steps and self._evaluates and (not evaluations or evaluations[-1]["step"] != self.step):
+        if self.step == s.steps and self._evaluates and (not evaluations or evaluations[-1]["step"] != self.step):
             evaluations.append(self.evaluate())
         checkpoint = self.save() if self.checkpoint_step != self.step else self.checkpoint_path
         self.model.eval()
@@ -514,20 +559,21 @@ class Trainer:
         start = time.perf_counter()
         record: dict[str, Any] = {"kind": "eval", "step": self.step}
         model = self.ema.module
-        if self.rank == 0 and self.num_grid_samples:
+        if self.rank == 0 and self.settings.num_grid_samples:
             from scoresde.plot import save_image_grid
 
-            g = torch.Generator(self.device).manual_seed(_stream_seed(self.seed, 0, 2))
-            z = self.sde.prior_sample((self.num_grid_samples, *self.data.image_shape), generator=g, device=self.device)
+            g = torch.Generator(self.device).manual_seed(_stream_seed(self.settings.seed, 0, 2))
+            shape = (self.settings.num_grid_samples, *self.data.image_shape)
+            z = self.sde.prior_sample(shape, generator=g, device=self.device)
             with torch.no_grad():
-                sample = decode(model, self.sde, z, rtol=1e-3, atol=1e-3)
+                sample = sample_ode(model, self.sde, x_init=z, method="dopri5", rtol=1e-3, atol=1e-3)
             path = save_image_grid(
                 self.data.from_model(sample.x), self.out_dir / "samples" / f"step_{self.step:07d}.png",
                 num_levels=self.data.num_levels, scale=4,
             )  # fmt: skip
             record.update(sample_grid=str(path.relative_to(self.out_dir)), sample_nfe=sample.nfe)
-        if self.eval_data is not None and self.num_eval_images:
-            result = self.evaluate_bpd(model, self.eval_data.subset(slice(0, self.num_eval_images)))
+        if self.eval_data is not None and self.settings.num_eval_images:
+            result = self.evaluate_bpd(model, self.eval_data.subset(slice(0, self.settings.num_eval_images)))
             record.update(bpd=result.mean, bpd_std_error=result.std_error, bpd_images=result.num_samples,
                           bpd_nfe=result.nfe)  # fmt: skip
         record["seconds"] = time.perf_counter() - start
@@ -539,7 +585,7 @@ class Trainer:
         takes every ``world_size``-th from ``r``) and the mean and standard error combined
         over all of them; ``nfe`` is summed over ranks."""
         shard = data.levels[self.rank :: self.world_size].to(self.device)
-        g = torch.Generator(self.device).manual_seed(_stream_seed(self.seed, self.rank, 3))
+        g = torch.Generator(self.device).manual_seed(_stream_seed(self.settings.seed, self.rank, 3))
         if shard.shape[0]:
             local = evaluate_bpd(model, self.sde, shard, num_bins=data.num_levels, transform=data.transform,
                                  generator=g, **self.bpd_kwargs)  # fmt: skip
@@ -603,12 +649,12 @@ class Trainer:
             self.checkpoint_step = self.step
         return path
 
-    def load(self, path: str | Path) -> None:
+    def load(self, path: str | Path, state: dict[str, Any] | None = None) -> None:
         """Restore model, EMA, optimizer, step and random states from a checkpoint (any file
-        :meth:`save` wrote, e.g. ``checkpoint-previous.pt``); the metrics
-        log is cut back to the checkpoint's step, and temporary files an interrupted save of the
-        checkpoint left behind are removed."""
-        state = load_checkpoint(path, map_location=self.device)
+        :meth:`save` wrote, e.g. ``checkpoint-previous.pt``; ``state``: its content, if read
+        already); the metrics log is cut back to the checkpoint's step, and temporary files an
+        interrupted save of the checkpoint left behind are removed."""
+        state = load_checkpoint(path, map_location=self.device) if state is None else state
         try:
             self.model.load_state_dict(state["model"])
             self.ema.load_state_dict(state["ema"])
@@ -621,8 +667,8 @@ class Trainer:
             self.generator.set_state(rng[self.rank]["generator"].cpu())
             self._dropout_rng = list(rng[self.rank]["global"])
         else:  # another number of ranks: the run goes on, with fresh streams per rank
-            self.generator.manual_seed(_stream_seed(self.seed + self.step, self.rank, 0))
-            self._dropout_rng = self._seeded_rng_state(_stream_seed(self.seed + self.step, self.rank, 1))
+            self.generator.manual_seed(_stream_seed(self.settings.seed + self.step, self.rank, 0))
+            self._dropout_rng = self._seeded_rng_state(_stream_seed(self.settings.seed + self.step, self.rank, 1))
         if Path(path).resolve() == self.checkpoint_path.resolve():
             self.checkpoint_step, self.previous_checkpoint_step = self.step, state.get("previous_step")
         else:  # checkpoint.pt holds another state, which the next save keeps as the previous one
@@ -633,19 +679,6 @@ class Trainer:
                 lines = self.metrics_path.read_text().splitlines()
                 kept = [line for line in lines if _logged_step(line) <= self.step]
                 atomic_write_text(self.metrics_path, "".join(line + "\n" for line in kept))
-
-
-def checkpoint_mismatch(path: str | Path, err: Exception, target: str = "this model") -> ValueError:
-    """The one-line error for a checkpoint whose entries do not fit ``target``: the first
-    difference ``load_state_dict`` reports (and how many more), not its whole list."""
-    if isinstance(err, KeyError):
-        return ValueError(f"checkpoint {path} does not fit {target}: it has no {err} entry")
-    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()] or [type(err).__name__]
-    if lines[0].startswith("Error(s) in loading state_dict") and len(lines) > 1:
-        lines = lines[1:]  # a heading, then one line per difference
-    reason = lines[0] if len(lines[0]) <= 200 else lines[0][:200] + "..."
-    more = f" (and {len(lines) - 1} more)" if len(lines) > 1 else ""
-    return ValueError(f"checkpoint {path} does not fit {target}: {reason}{more}")
 
 
 def _logged_step(line: str) -> float:

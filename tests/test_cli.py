@@ -11,7 +11,7 @@ import scoresde as sd
 from scoresde import cli
 from scoresde.checkpoint import load_checkpoint, save_checkpoint
 from scoresde.cli import main
-from scoresde.train import Trainer
+from scoresde.train import TrainConfig, Trainer
 
 TINY = """
 [model]
@@ -117,7 +117,56 @@ def test_likelihood(run_dir, tmp_path, capsys):
     assert main(args) == 0
     record = json.loads(out.read_text())
     assert record["images"] == 3 and record["bpd"] > 0 and record["nfe"] > 0 and record["split"] == "test"
+    assert record["divergence"] == "hutchinson"
     assert capsys.readouterr().out.startswith(f"test bits/dim: {record['bpd']:.4f} ± ")
+
+
+def test_likelihood_divergence_flag_and_its_old_spelling(run_dir, tmp_path, capsys):
+    args = ["likelihood", "--checkpoint", str(run_dir / "run" / "checkpoint.pt"), "--num-images", "2", "--rtol", "1e-2",
+            "--device", "cpu"]  # fmt: skip
+    records = {}
+    for flag in ("--divergence", "--estimator"):
+        assert main([*args, flag, "exact", "--json", str(tmp_path / f"{flag}.json")]) == 0
+        records[flag] = json.loads((tmp_path / f"{flag}.json").read_text())
+        captured = capsys.readouterr()
+        assert "2 images, exact divergence" in captured.out
+        note = "scoresde likelihood: note: --estimator is deprecated, use --divergence"
+        assert captured.err.strip() == (note if flag == "--estimator" else "")
+    assert records["--divergence"]["divergence"] == records["--estimator"]["divergence"] == "exact"
+    assert records["--divergence"]["bpd"] == records["--estimator"]["bpd"]
+    with pytest.raises(SystemExit):
+        main([*args, "--divergence", "hutch"])
+    one_line_error(capsys, "scoresde likelihood: error: argument --divergence: invalid choice: 'hutch'")
+
+
+def _count_checkpoint_reads(monkeypatch, path):
+    reads = []
+    load = torch.load
+
+    def counting_load(f, *args, **kwargs):
+        if Path(f) == Path(path):
+            reads.append(f)
+        return load(f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", counting_load)
+    return reads
+
+
+@pytest.mark.parametrize("command", ["sample", "likelihood", "train --resume"])
+def test_each_command_reads_its_checkpoint_once(run_dir, tmp_path, monkeypatch, command):
+    checkpoint = run_dir / "run" / "checkpoint.pt"
+    if command == "train --resume":
+        shutil.copytree(run_dir / "run", tmp_path / "run")
+        checkpoint = tmp_path / "run" / "checkpoint.pt"
+        args = ["train", "--resume", str(checkpoint), "--steps", "4", "--no-progress"]
+    elif command == "sample":
+        args = ["sample", "--checkpoint", str(checkpoint), "--method", "euler", "--steps", "2", "--num", "2", "--out",
+                str(tmp_path)]
+    else:
+        args = ["likelihood", "--checkpoint", str(checkpoint), "--num-images", "1", "--rtol", "1e-2"]
+    reads = _count_checkpoint_reads(monkeypatch, checkpoint)
+    assert main([*args, "--device", "cpu"] if command != "train --resume" else args) == 0
+    assert len(reads) == 1
 
 
 @pytest.mark.timeout(240)
@@ -192,11 +241,35 @@ def test_bad_checkpoint_is_one_line(tmp_path, capsys):
     one_line_error(capsys, "scoresde train: error: --resume: no checkpoint at")
 
 
-def test_bench_subcommand_reaches_the_harness(capsys):
+def test_bench_subcommand_reaches_the_harness(capsys, monkeypatch):
     with pytest.raises(SystemExit) as exc:
         main(["bench", "--help"])
     assert exc.value.code == 0
     assert "usage: scoresde bench" in capsys.readouterr().out
+    import scoresde.bench
+
+    seen = []
+    monkeypatch.setattr(scoresde.bench, "main", lambda argv: seen.append(argv) or 0)
+    assert main(["bench", "--full", "--only", "sampling", "likelihood"]) == 0
+    assert seen == [["--full", "--only", "sampling", "likelihood"]]  # its flags, passed on as given
+
+
+def test_only_bench_passes_unknown_flags_on(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["demo", "--toy", "--bogus", "1"])
+    assert exc.value.code == 2
+    one_line_error(capsys, "scoresde: error: unrecognized arguments: --bogus 1")
+
+
+def test_train_has_a_flag_for_every_train_config_field(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    defaults = TrainConfig()
+    for name in TrainConfig.__dataclass_fields__:
+        assert f"--{name.replace('_', '-')} {name.upper()}" in text
+    assert f"peak learning rate (default {defaults.lr})" in text
+    assert f"checkpoint every N steps (0: at the end only) (default {defaults.checkpoint_every})" in text
 
 
 # ----------------------------------------------------------------------------- output paths, checked first

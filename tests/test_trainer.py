@@ -9,9 +9,10 @@ import torch
 import scoresde as sd
 from scoresde._atomic import STALE_SECONDS
 from scoresde.checkpoint import CHECKPOINT_FORMAT, CheckpointError, check_plain, load_checkpoint, save_checkpoint
+from scoresde.config import DEFAULT_CONFIG
 from scoresde.data import load_digits
 from scoresde.nn import UNet
-from scoresde.train import Trainer
+from scoresde.train import TrainConfig, Trainer, _stream_seed
 
 TRAIN = load_digits("train").subset(slice(0, 256))
 TEST = load_digits("test").subset(slice(0, 8))
@@ -274,15 +275,86 @@ def test_tensor_data_and_the_global_rng_is_untouched(tmp_path):
     ("kw", "exc", "match"),
     [
         ({"steps": 0}, ValueError, "steps must be an int >= 1, got 0"),
-        ({"lr": -1.0}, ValueError, r"lr must be a finite number >= 0.0, got -1.0"),
-        ({"ema_decay": 1.0}, ValueError, r"ema_decay must be in \[0, 1\), got 1.0"),
-        ({"lr_schedule": "step"}, ValueError, "lr_schedule must be 'constant' or 'cosine', got 'step'"),
+        ({"lr": -1.0}, ValueError, r"lr must be a finite number > 0, got -1.0"),
+        ({"ema_decay": 1.0}, ValueError, r"ema_decay must be a number in \[0, 1\), got 1.0"),
+        ({"lr_schedule": "step"}, ValueError, r"lr_schedule must be one of \('constant', 'cosine'\), got 'step'"),
         ({"weighting": "l2"}, ValueError, "weighting must be one of"),
         ({"batch_size": 1000}, ValueError, r"batch_size=1000 is larger than the data set \(256 items\)"),
         ({"device": "tpu"}, ValueError, "device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got 'tpu'"),
         ({"eval_data": torch.zeros(3)}, TypeError, "eval_data must be an ImageData, got Tensor"),
+        ({"learning_rate": 1e-3}, TypeError, r"unknown keyword argument\(s\) learning_rate \(the training settings "
+                                             r"are TrainConfig's fields: steps, batch_size, lr,"),
+        ({"settings": {"lr": 1e-3}}, TypeError, "settings must be a TrainConfig, got dict"),
+        ({"resume_state": {}}, ValueError, "resume_state is the content of the checkpoint to resume from: pass resume"),
     ],
 )
 def test_bad_arguments(tmp_path, kw, exc, match):
     with pytest.raises(exc, match=match):
         make_trainer(tmp_path, **kw)
+
+
+# ----------------------------------------------------------------------------- TrainConfig
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"steps": 0}, r"^steps must be an int >= 1, got 0$"),
+        ({"steps": 2.5}, r"^steps must be an int >= 1, got 2.5$"),
+        ({"batch_size": True}, r"^batch_size must be an int >= 1, got True$"),
+        ({"log_every": 0}, r"^log_every must be an int >= 1, got 0$"),
+        ({"warmup_steps": -1}, r"^warmup_steps must be an int >= 0, got -1$"),
+        ({"seed": -3}, r"^seed must be an int >= 0, got -3$"),
+        ({"eval_every": "10"}, r"^eval_every must be an int >= 0, got '10'$"),
+        ({"checkpoint_every": -1}, r"^checkpoint_every must be an int >= 0, got -1$"),
+        ({"num_eval_images": -1}, r"^num_eval_images must be an int >= 0, got -1$"),
+        ({"num_grid_samples": -1}, r"^num_grid_samples must be an int >= 0, got -1$"),
+        ({"lr": 0.0}, r"^lr must be a finite number > 0, got 0.0$"),
+        ({"lr": float("inf")}, r"^lr must be a finite number > 0, got inf$"),
+        ({"lr": "1e-3"}, r"^lr must be a finite number > 0, got '1e-3'$"),
+        ({"weight_decay": -0.1}, r"^weight_decay must be a finite number >= 0, got -0.1$"),
+        ({"grad_clip": float("nan")}, r"^grad_clip must be a finite number >= 0, got nan$"),
+        ({"ema_decay": -0.5}, r"^ema_decay must be a number in \[0, 1\), got -0.5$"),
+        ({"ema_decay": False}, r"^ema_decay must be a number in \[0, 1\), got False$"),
+        ({"lr_schedule": "step"}, r"^lr_schedule must be one of \('constant', 'cosine'\), got 'step'$"),
+        ({"weighting": "l2"}, r"^weighting must be one of \('sigma2', .*\), got 'l2'$"),
+        ({"time_sampling": "sobol"}, r"^time_sampling must be one of \('uniform', .*\), got 'sobol'$"),
+    ],
+)
+def test_train_config_names_the_bad_value(kw, match):
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(**kw)
+
+
+def test_train_config_is_the_one_list_of_training_defaults(tmp_path):
+    defaults = TrainConfig()
+    assert (defaults.lr, defaults.warmup_steps, defaults.checkpoint_every) == (1e-3, 200, 500)
+    assert DEFAULT_CONFIG["train"] == defaults.as_dict()  # the config file's [train] table
+
+    def trainer(**kw):
+        sde = sd.VPSDE()
+        model = sd.EpsilonScore(sd.nn.MLP(dim=2, hidden=8, depth=1), sde)
+        return Trainer(model, sde, torch.randn(128, 2), out_dir=tmp_path, device="cpu", **kw)
+
+    plain = trainer()
+    assert plain.settings == defaults and plain.hparams == defaults.as_dict()
+    check_plain(plain.hparams)  # what a checkpoint stores under "trainer"
+    custom = TrainConfig(steps=5, lr=1)  # ints pass for floats and are stored as floats
+    assert custom.lr == 1.0 and isinstance(custom.lr, float)
+    with pytest.raises(AttributeError):
+        custom.lr = 2.0  # frozen: a setting cannot change after its check
+    overridden = trainer(settings=custom, lr=5e-4, batch_size=16)  # keywords set single fields
+    assert overridden.settings == TrainConfig(steps=5, lr=5e-4, batch_size=16)
+    assert overridden.optimizer.param_groups[0]["lr"] == 5e-4
+
+
+def test_the_evaluation_grid_is_the_probability_flow_solve_of_sample_ode_and_decode(tmp_path):
+    trainer = make_trainer(tmp_path, steps=1, num_grid_samples=3)
+    record = trainer.train().evaluations[-1]
+    g = torch.Generator().manual_seed(_stream_seed(trainer.settings.seed, 0, 2))
+    z = trainer.sde.prior_sample((3, *TRAIN.image_shape), generator=g)
+    with torch.no_grad():
+        ode = sd.sample_ode(trainer.ema.module, trainer.sde, x_init=z, method="dopri5", rtol=1e-3, atol=1e-3)
+        dec = sd.decode(trainer.ema.module, trainer.sde, z, rtol=1e-3, atol=1e-3)
+    assert record["sample_nfe"] == ode.nfe == dec.nfe  # decode's solve, as evaluate used before
+    assert torch.equal(ode.x, dec.x)
