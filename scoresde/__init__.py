@@ -41,7 +41,7 @@ from scoresde.score import DataScore, DirectScore, EpsilonScore, ScoreModel, Vel
 from scoresde.sde import SDE, VESDE, VPSDE, LinearSDE, ProbabilityFlowODE, ReverseSDE, SubVPSDE
 from scoresde.solvers import NonFiniteError
 from scoresde.timesteps import check_time_grid, time_grid
-from scoresde.train import FitResult, Trainer, TrainResult, fit
+from scoresde.train import FitResult, TrainConfig, Trainer, TrainResult, fit
 
 __version__ = "0.1.0"
 
@@ -74,6 +74,7 @@ __all__ = [
     "dsm_loss",
     "fit",
     "FitResult",
+    "TrainConfig",
     "Trainer",
     "TrainResult",
     "data",
