@@ -35,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from scoresde._tensor import check_finite, check_generator
+from scoresde.noise import BatchNoise, Noise, SampleNoise, noise_source
 from scoresde.sde.base import SDE, ScoreFn
 from scoresde.solvers.flow import Divergence, FlowSolution, check_flow_args, solve_flow
 from scoresde.solvers.methods import Method
@@ -125,14 +126,17 @@ def _hutchinson_divergence(out: Tensor, x: Tensor, probes: Tensor, create_graph:
     return (rows * probes).flatten(2).sum(-1).mean(0)
 
 
-def _draw_probes(
-    kind: str, num_probes: int, like: Tensor, generator: torch.Generator | None
-) -> Tensor:
+def _draw_probes(kind: str, num_probes: int, like: Tensor, noise: Noise) -> Tensor:
+    """``(num_probes, *like.shape)`` probes; with per-sample seeds, probe ``k`` of a sample is its
+    ``k``-th draw (a Rademacher probe the sign of a normal one)."""
+    if isinstance(noise, SampleNoise):
+        normals = torch.stack([noise.randn_like(like) for _ in range(num_probes)])
+        return normals if kind == "gaussian" else normals.sign()
     shape = (num_probes, *like.shape)
     if kind == "gaussian":
-        return torch.randn(shape, generator=generator, dtype=like.dtype, device=like.device)
+        return torch.randn(shape, generator=noise.generator, dtype=like.dtype, device=like.device)
     # Rademacher: +-1 with probability 1/2 each; lower variance than Gaussian (no diagonal term)
-    bits = torch.randint(0, 2, shape, generator=generator, device=like.device)
+    bits = torch.randint(0, 2, shape, generator=noise.generator, device=like.device)
     return (2 * bits - 1).to(like.dtype)
 
 
@@ -169,7 +173,7 @@ def divergence(
             raise ValueError(f"fn returned shape {tuple(out.shape)} for x of shape {tuple(x.shape)}")
         if divergence == "exact":
             return _exact_divergence(out, x_in, create_graph=False)
-        probes = _draw_probes(probe, num_probes, x, generator)
+        probes = _draw_probes(probe, num_probes, x, BatchNoise(generator))
         return _hutchinson_divergence(out, x_in, probes, create_graph=False)
 
 
@@ -247,6 +251,8 @@ def log_likelihood(
     t_end: float | None = None,
     prior_log_prob_fn: Callable[[Tensor], Tensor] | None = None,
     generator: torch.Generator | None = None,
+    seed: int | None = None,
+    sample_indices: Tensor | Sequence[int] | None = None,
     grad: bool = False,
     adjoint: bool = False,
     adjoint_params: Sequence[Tensor] | None = None,
@@ -266,6 +272,9 @@ def log_likelihood(
             :data:`EXACT_DIVERGENCE_MAX_DIM` values).
         probe, num_probes: Hutchinson probe distribution (``"rademacher"``, ``"gaussian"``)
             and count; drawn once with ``generator`` and held fixed along the path.
+        seed, sample_indices: per-sample probes instead (:class:`~scoresde.noise.SampleNoise`):
+            sample ``sample_indices[b]``'s probes depend on ``(seed, index)`` only. The adaptive
+            path still depends on the batch-mates within the tolerance (one step size per batch).
         method, rtol, atol, num_steps, options: the integrator, as in
             :func:`~scoresde.sample_ode`'s torchdiffeq methods (:func:`scoresde.solvers.flow.solve_flow`).
             ``"tsit5"`` (Tsitouras' pair, :mod:`scoresde.solvers.tsit5`) reaches a given accuracy in
@@ -302,7 +311,8 @@ def log_likelihood(
         )
     if divergence == "auto":
         divergence = "exact" if x[0].numel() <= EXACT_DIVERGENCE_MAX_DIM else "hutchinson"
-    probes = _draw_probes(probe, num_probes, x, generator) if divergence == "hutchinson" else None
+    noise = noise_source(generator, seed, sample_indices)
+    probes = _draw_probes(probe, num_probes, x, noise) if divergence == "hutchinson" else None
     with torch.set_grad_enabled(grad or adjoint):
         flow = solve_flow(
             score_fn, sde, x, times, method=solver, rtol=rtol, atol=atol, options=options,

@@ -13,6 +13,12 @@ descending time grid to ``t_end`` (default the SDE's ``t_min``) and returns a
 * ``save_at``: times at which to keep the state in ``result.trajectory``, or ``"grid"`` for
   every grid point. A fixed-step loop adds those times to its grid.
 * ``generator``, ``device``, ``dtype``: randomness and placement of the prior draw.
+* ``seed``, ``sample_indices``: per-sample seeds instead of ``generator``
+  (:class:`~scoresde.noise.SampleNoise`): the prior draw and every noise increment of sample
+  ``sample_indices[b]`` (default ``b``) depend on ``(seed, index)`` only, so a sample is the same
+  whatever the batch size or the batch it lands in (bit for bit on the same device and dtype),
+  except where the update itself looks at the batch: the Langevin corrector's default batch-mean
+  norms (``corrector_norm="per_sample"`` removes that coupling).
 * ``progress``: a tqdm bar over the steps.
 
 A state that becomes NaN or infinite raises :class:`~scoresde.solvers.NonFiniteError`
@@ -33,6 +39,7 @@ import torch
 from torch import Tensor
 
 from scoresde._tensor import check_device, check_finite, check_float, check_float_dtype, check_generator
+from scoresde.noise import BatchNoise, Noise, SampleNoise, noise_source
 from scoresde.progress import progress_bar
 from scoresde.sde.base import SDE, ScoreFn
 from scoresde.solvers import (
@@ -74,15 +81,19 @@ class SampleResult:
 # boundary checks
 
 
+def _noise(generator: torch.Generator | None, seed: int | None, indices: Tensor | Sequence[int] | None) -> Noise:
+    check_generator(generator)
+    return noise_source(generator, seed, indices)
+
+
 def _initial_state(
     sde: SDE,
     shape: tuple[int, ...] | None,
     x_init: Tensor | None,
-    generator: torch.Generator | None,
+    noise: Noise,
     device: torch.device | str | None,
     dtype: torch.dtype | None,
 ) -> Tensor:
-    check_generator(generator)
     check_float_dtype(dtype)
     device = check_device(device)
     if x_init is None:
@@ -91,7 +102,10 @@ def _initial_state(
         shape = tuple(shape)
         if len(shape) < 2 or not all(isinstance(n, int) and n > 0 for n in shape):
             raise ValueError(f"shape must be (batch, *event) of positive ints, got {shape!r}")
-        return sde.prior_sample(shape, generator=generator, device=device, dtype=dtype)
+        if isinstance(noise, BatchNoise):
+            return sde.prior_sample(shape, generator=noise.generator, device=device, dtype=dtype)
+        z = noise.randn(shape, dtype=dtype or torch.get_default_dtype(), device=device)
+        return z * sde.prior_std
     check_float(x_init, "x_init")
     if x_init.ndim < 2:
         raise ValueError(f"x_init must be (batch, *event), got shape {tuple(x_init.shape)}")
@@ -195,13 +209,13 @@ def _run_predictor_corrector(
     grid: Tensor,
     save_at: SaveAt,
     *,
-    generator: torch.Generator | None,
+    noise: Noise,
     denoise: bool,
     progress: bool,
     desc: str,
 ) -> SampleResult:
     grid, mask = _with_save_points(grid, save_at)
-    ctx = StepContext(generator=generator)
+    ctx = StepContext(noise=noise)
 
     def step(x: Tensor, i: int, t: Tensor, s: Tensor) -> Tensor:
         # predictor first, then the corrector at the new time (Song et al. 2021, Alg. 1)
@@ -234,6 +248,8 @@ def sample_pc(
     denoise: bool = True,
     save_at: SaveAt = None,
     generator: torch.Generator | None = None,
+    seed: int | None = None,
+    sample_indices: Tensor | Sequence[int] | None = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
     progress: bool = False,
@@ -267,10 +283,11 @@ def sample_pc(
         corrector_obj = corrector_cls(sde, score, snr=snr, num_steps=corrector_steps, **extra)
     _check_denoise(sde, denoise)
     times = _grid(sde, timesteps, num_steps, grid, t_end)
-    x = _initial_state(sde, shape, x_init, generator, device, dtype)
+    noise = _noise(generator, seed, sample_indices)
+    x = _initial_state(sde, shape, x_init, noise, device, dtype)
     return _run_predictor_corrector(
         predictor_obj, corrector_obj, score, sde, x, times, save_at,
-        generator=generator, denoise=denoise, progress=progress, desc=f"sample_pc({predictor}, {corrector})",
+        noise=noise, denoise=denoise, progress=progress, desc=f"sample_pc({predictor}, {corrector})",
     )  # fmt: skip
 
 
@@ -288,6 +305,8 @@ def sample_sde(
     denoise: bool = False,
     save_at: SaveAt = None,
     generator: torch.Generator | None = None,
+    seed: int | None = None,
+    sample_indices: Tensor | Sequence[int] | None = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
     progress: bool = False,
@@ -312,11 +331,15 @@ def sample_sde(
     solver = lookup(method, "sample_sde", is_sde_solver)
     _check_denoise(sde, denoise)
     times = _grid(sde, timesteps, num_steps, grid, t_end)
-    x = _initial_state(sde, shape, x_init, generator, device, dtype)
+    noise = _noise(generator, seed, sample_indices)
+    if solver.runner == "torchsde" and isinstance(noise, SampleNoise):
+        raise ValueError(f"torchsde's Brownian motion is one for the batch: method={method!r} takes a generator, "
+                         "not per-sample seeds (this library's methods take both)")  # fmt: skip
+    x = _initial_state(sde, shape, x_init, noise, device, dtype)
     if solver.runner == "scoresde":
         return _run_predictor_corrector(
             solver.target(sde, score), None, score, sde, x, times, save_at,
-            generator=generator, denoise=denoise, progress=progress, desc=f"sample_sde({solver.name})",
+            noise=noise, denoise=denoise, progress=progress, desc=f"sample_sde({solver.name})",
         )  # fmt: skip
     steps = torch.diff(times)
     if not torch.allclose(steps, steps[0], rtol=1e-6, atol=0):
@@ -344,6 +367,8 @@ def sample_ode(
     save_at: SaveAt = None,
     options: dict[str, Any] | None = None,
     generator: torch.Generator | None = None,
+    seed: int | None = None,
+    sample_indices: Tensor | Sequence[int] | None = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
     progress: bool = False,
@@ -390,13 +415,13 @@ def sample_ode(
         times = _grid(sde, timesteps, num_steps, grid or default_grid_kind(sde), t_end)
     if stepper is not None:
         stepper.check_grid(times)
-    x = _initial_state(sde, shape, x_init, generator, device, dtype)
+    x = _initial_state(sde, shape, x_init, _noise(generator, seed, sample_indices), device, dtype)
     times, mask = _with_save_points(times, save_at)
     if stepper is None:
         states = solve_flow(score, sde, x, times, method=solver, rtol=rtol, atol=atol, options=options).x
         saved = list(states[mask.to(states.device)])
         return _finish(sde, score, states[-1], times, denoise, _trajectory(times, mask, saved))
-    ctx = StepContext(generator=generator)
+    ctx = StepContext()  # the ODE solvers draw no noise
     num_intervals = len(times) - 1
 
     def step(x: Tensor, i: int, t: Tensor, s: Tensor) -> Tensor:

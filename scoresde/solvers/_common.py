@@ -10,15 +10,17 @@ import torch
 from torch import Tensor, nn
 
 from scoresde._tensor import as_time
+from scoresde.noise import BatchNoise, Noise
 from scoresde.sde.base import SDE, LinearSDE, ScoreFn
 
 
 @dataclass
 class StepContext:
-    """What a step may need beyond ``(x, t, s)``: the random generator, whether this is the
+    """What a step may need beyond ``(x, t, s)``: where its noise comes from
+    (:mod:`scoresde.noise`: one generator for the batch, or per-sample seeds), whether this is the
     last step of the grid, and a per-run history that multistep solvers append to."""
 
-    generator: torch.Generator | None = None
+    noise: Noise = field(default_factory=lambda: BatchNoise(None))
     last: bool = False
     history: list[Any] = field(default_factory=list)
 
@@ -66,11 +68,6 @@ def require_sde(sde: SDE) -> SDE:
 def coef(v: Tensor, x: Tensor) -> Tensor:
     """A 0-d (or ``(batch,)``-free) time coefficient cast to ``x``'s dtype for broadcasting."""
     return v.to(x.dtype)
-
-
-def randn_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
-    """Standard normal noise shaped like ``x``, drawn from ``generator``."""
-    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 
 
 def predict_x0(sde: LinearSDE, score_fn: ScoreFn, x: Tensor, t: Tensor) -> Tensor:

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from scoresde._tensor import append_dims, as_time
 from scoresde.sde.base import SDE, LinearSDE, ScoreFn
-from scoresde.solvers._common import StepContext, randn_like, require_linear_sde, require_sde
+from scoresde.solvers._common import StepContext, require_linear_sde, require_sde
 
 NORMS = ("per_sample", "batch")
 
@@ -53,7 +53,7 @@ class Corrector(ABC):
         scale_sq = self._kernel_scale_sq(t, t_prev)
         for _ in range(self.num_steps):
             score = self.score_fn(x, tb)
-            noise = randn_like(x, ctx.generator)
+            noise = ctx.noise.randn_like(x)
             eps = append_dims(self._step_size(score, noise, t, scale_sq), x.ndim).to(x.dtype)
             x = x + eps * score + (2 * eps).sqrt() * noise
         return x

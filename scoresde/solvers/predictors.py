@@ -1,7 +1,7 @@
 r"""Predictors: one step of the reverse-time SDE from ``t`` down to ``s < t``.
 
 All share ``step(x, t, s, ctx) -> x_s`` with ``t, s`` 0-d time tensors and one score
-evaluation per step. Each adds fresh Gaussian noise drawn from ``ctx.generator`` (the last step
+evaluation per step. Each adds fresh Gaussian noise drawn from ``ctx.noise`` (the last step
 too: the result is a sample of :math:`p_s`, not its mean; use ``denoise=True`` in the samplers
 for the Tweedie estimate of :math:`x_0`).
 """
@@ -14,7 +14,7 @@ from torch import Tensor
 
 from scoresde._tensor import append_dims, as_time
 from scoresde.sde.base import SDE, ScoreFn
-from scoresde.solvers._common import StepContext, coef, predict_x0, randn_like, require_linear_sde, require_sde
+from scoresde.solvers._common import StepContext, coef, predict_x0, require_linear_sde, require_sde
 
 
 class Predictor(ABC):
@@ -45,7 +45,7 @@ class EulerMaruyama(Predictor):
         tb = as_time(t, x)
         h = t - s
         g = append_dims(self.sde.diffusion(tb), x.ndim).to(x.dtype)  # (batch,): a user SDE may expect it
-        return x - self.reverse.drift(x, tb) * coef(h, x) + g * coef(h.sqrt(), x) * randn_like(x, ctx.generator)
+        return x - self.reverse.drift(x, tb) * coef(h, x) + g * coef(h.sqrt(), x) * ctx.noise.randn_like(x)
 
 
 class ReverseDiffusion(Predictor):
@@ -59,7 +59,7 @@ class ReverseDiffusion(Predictor):
 
     def step(self, x: Tensor, t: Tensor, s: Tensor, ctx: StepContext) -> Tensor:
         drift_term, g = self.reverse.discretize(x, t, t - s)
-        return x + drift_term + append_dims(g, x.ndim) * randn_like(x, ctx.generator)
+        return x + drift_term + append_dims(g, x.ndim) * ctx.noise.randn_like(x)
 
 
 class AncestralSampling(Predictor):
@@ -87,4 +87,4 @@ class AncestralSampling(Predictor):
         sigma_s = sde.sigma(s)
         mean = coef(scale * sigma_s.square() / sde.sigma(t).square(), x) * x + coef(noise_frac * sde.alpha(s), x) * x0
         std = sigma_s * noise_frac.sqrt()
-        return mean + coef(std, x) * randn_like(x, ctx.generator)
+        return mean + coef(std, x) * ctx.noise.randn_like(x)
