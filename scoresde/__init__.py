@@ -17,6 +17,7 @@ from scoresde.discrete_data import (
     evaluate_bpd,
     to_levels,
 )
+from scoresde.flow_matching import flow_matching_loss, ot_coupling
 from scoresde.grid_tuning import tune_time_grid
 from scoresde.likelihood import (
     DecodeResult,
@@ -39,9 +40,11 @@ from scoresde.metrics import (
 from scoresde.sample import SampleResult, Trajectory, sample_ode, sample_pc, sample_sde
 from scoresde.score import DataScore, DirectScore, EpsilonScore, ScoreModel, VelocityScore
 from scoresde.sde import SDE, VESDE, VPSDE, LinearSDE, ProbabilityFlowODE, ReverseSDE, SubVPSDE
+from scoresde.sde.paths import CosinePath, GaussianPath, LinearPath
 from scoresde.solvers import NonFiniteError
 from scoresde.timesteps import check_time_grid, time_grid
 from scoresde.train import FitResult, TrainConfig, Trainer, TrainResult, fit
+from scoresde.velocity import FlowVelocity
 
 __version__ = "0.1.0"
 
@@ -71,6 +74,12 @@ __all__ = [
     "EpsilonScore",
     "DataScore",
     "VelocityScore",
+    "GaussianPath",
+    "LinearPath",
+    "CosinePath",
+    "FlowVelocity",
+    "flow_matching_loss",
+    "ot_coupling",
     "dsm_loss",
     "fit",
     "FitResult",

@@ -231,5 +231,58 @@ class GaussianMixture:
 
         return denoise
 
+    def _posterior(self, y: Tensor, alpha: Tensor, var_noise: Tensor) -> tuple[Tensor, Tensor]:
+        r"""Mean ``(b, d)`` and trace of the covariance ``(b,)`` of :math:`p(x_0 \mid x_t = y)`, a mixture
+        with component means :math:`U_k(U_k^\top\mu_k + \alpha e_k r_k / (\alpha^2 e_k + \sigma^2))` and
+        variances :math:`e_k\sigma^2/(\alpha^2 e_k + \sigma^2)` in the eigenbasis (:math:`r_k` the
+        residual): no division by :math:`\alpha`, so it holds at :math:`\alpha = 0` too."""
+        log_comp, resid, var = self._components(y, alpha, var_noise)
+        resp = torch.softmax(log_comp, dim=1)
+        _, eigvals, eigvecs, proj_means = self._params(y)
+        proj = proj_means + alpha[:, None, None] * eigvals / var * resid  # U_k^T E[x0 | x, k]
+        mean = torch.einsum("kij,bkj,bk->bi", eigvecs, proj, resp)
+        second = (eigvals * var_noise[:, None, None] / var).sum(-1) + proj.square().sum(-1)  # E||x0||^2 per k
+        return mean, (resp * second).sum(1) - mean.square().sum(-1)
+
+    def velocity_fn(self, sde: LinearSDE) -> Fn:
+        r"""The exact marginal velocity of the Gaussian path of ``sde`` (flow matching's regression
+        target, the probability-flow velocity :math:`f x - \frac12 g^2\nabla\log p_t`):
+
+        .. math:: v(x, t) = E[\dot\alpha x_0 + \dot\sigma\epsilon \mid x_t = x]
+                  = \dot\alpha\hat x_0 + \dot\sigma\,\frac{x - \alpha\hat x_0}{\sigma},
+                  \qquad \hat x_0 = E[x_0 \mid x_t = x],
+
+        ``(x, t) -> v`` shaped like ``x``, for ``t > 0``."""
+        self._require_linear(sde)
+
+        def velocity(x: Tensor, t: TimeLike) -> Tensor:
+            y = self._flat(x)
+            tt = sde.step_time(t, x)
+            a, s, da, ds = (fn(tt).to(x.dtype)[:, None] for fn in (sde.alpha, sde.sigma, sde.d_alpha, sde.d_sigma))
+            x0 = self._posterior(y, a[:, 0], s[:, 0].square())[0]
+            return (da * x0 + ds * (y - a * x0) / s).reshape(x.shape)
+
+        return velocity
+
+    def velocity_variance_fn(self, sde: LinearSDE) -> Fn:
+        r"""The conditional variance of flow matching's target given :math:`x_t`, per sample ``(batch,)``:
+
+        .. math:: E\big[\|\dot\alpha x_0 + \dot\sigma\epsilon - v(x_t, t)\|^2 \,\big|\, x_t = x\big]
+                  = \frac{\Delta^2}{\sigma^2}\operatorname{tr}\operatorname{Cov}[x_0 \mid x_t = x],
+                  \qquad \Delta = \alpha\dot\sigma - \sigma\dot\alpha,
+
+        since given :math:`x_t` the target is :math:`(\dot\sigma/\sigma) x_t - (\Delta/\sigma) x_0`. Its
+        mean over :math:`t` and :math:`x_t` is the irreducible minimum of the conditional flow-matching
+        loss (summed over dimensions), reached by :meth:`velocity_fn`."""
+        self._require_linear(sde)
+
+        def variance(x: Tensor, t: TimeLike) -> Tensor:
+            tt = sde.step_time(t, x)
+            a, s, da, ds = (fn(tt).to(x.dtype) for fn in (sde.alpha, sde.sigma, sde.d_alpha, sde.d_sigma))
+            trace = self._posterior(self._flat(x), a, s.square())[1]
+            return ((a * ds - s * da) / s).square() * trace
+
+        return variance
+
     def __repr__(self) -> str:
         return f"GaussianMixture(K={self.num_components}, event_shape={self.event_shape})"

@@ -39,7 +39,7 @@ from scoresde.train import TrainConfig, Trainer, distributed_context, resolve_de
 _RUN_FLAGS: list[tuple[str, str, str, Any, str]] = [
     ("--data", "data", "name", str, "digits (bundled), mnist, fashion_mnist, cifar10 or folder"),
     ("--data-root", "data", "root", str, "folder of an opt-in data set"),
-    ("--sde", "sde", "name", str, "vp, subvp or ve"),
+    ("--sde", "sde", "name", str, "vp, subvp, ve, or a flow path: linear_path (rectified flow), cosine_path"),
     ("--schedule", "sde", "schedule", str, "VP / sub-VP beta schedule: linear or cosine"),
     ("--channels", "model", "channels", int, "U-Net base width"),
     ("--channel-mults", "model", "channel_mults", "ints", "width multiplier per level, e.g. 1,2,2"),

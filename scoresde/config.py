@@ -19,8 +19,9 @@ from scoresde.checkpoint import checkpoint_mismatch, load_checkpoint
 from scoresde.data import ImageData, load_images
 from scoresde.nn import UNet
 from scoresde.score import EpsilonScore, ScoreModel
-from scoresde.sde import VESDE, VPSDE, LinearSDE, SubVPSDE
+from scoresde.sde import VESDE, VPSDE, CosinePath, LinearPath, LinearSDE, SubVPSDE
 from scoresde.train import TrainConfig, Trainer, init_distributed, resolve_device
+from scoresde.velocity import FlowVelocity
 
 __all__ = [
     "DEFAULT_CONFIG", "Run", "build_model", "build_sde", "build_trainer", "load_config", "load_data", "load_run",
@@ -102,9 +103,12 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
 
 
 def build_sde(section: dict[str, Any]) -> LinearSDE:
-    """``vp`` or ``subvp`` (each with the linear or cosine beta schedule) or ``ve`` from the
-    ``sde`` section."""
+    """``vp`` or ``subvp`` (each with the linear or cosine beta schedule), ``ve``, or the flow-matching
+    paths ``linear_path`` (rectified flow) and ``cosine_path`` from the ``sde`` section."""
     name = section["name"]
+    paths = {"linear_path": LinearPath, "cosine_path": CosinePath}
+    if name in paths:
+        return paths[name]()
     if name in ("vp", "subvp"):
         cls = VPSDE if name == "vp" else SubVPSDE
         if section["schedule"] == "cosine":  # no beta_min/beta_max: the cosine schedule fixes them
@@ -112,11 +116,16 @@ def build_sde(section: dict[str, Any]) -> LinearSDE:
         return cls(section["beta_min"], section["beta_max"], schedule=section["schedule"])
     if name == "ve":
         return VESDE(section["sigma_min"], section["sigma_max"])
-    raise ValueError(f"config key sde.name must be 'vp', 'subvp' or 've', got {name!r}")
+    raise ValueError(
+        f"config key sde.name must be 'vp', 'subvp', 've', 'linear_path' or 'cosine_path', got {name!r}"
+    )
 
 
-def build_model(section: dict[str, Any], image_shape: tuple[int, ...], sde: LinearSDE) -> ScoreModel:
-    """``EpsilonScore(UNet(...), sde)`` from the ``model`` section for images of ``image_shape`` (C, H, W)."""
+def build_model(
+    section: dict[str, Any], image_shape: tuple[int, ...], sde: LinearSDE, objective: str = "dsm"
+) -> ScoreModel:
+    """``EpsilonScore(UNet(...), sde)`` from the ``model`` section for images of ``image_shape`` (C, H, W),
+    or ``FlowVelocity(UNet(...), sde)`` for ``objective="flow_matching"`` (the U-Net predicts dx/dt)."""
     net = UNet(
         in_channels=image_shape[0], channels=section["channels"], channel_mults=section["channel_mults"],
         num_res_blocks=section["num_res_blocks"], attention_levels=section["attention_levels"],
@@ -128,7 +137,7 @@ def build_model(section: dict[str, Any], image_shape: tuple[int, ...], sde: Line
             f"images of {image_shape[1]}x{image_shape[2]} do not fit {len(section['channel_mults'])} U-Net levels "
             f"(the size must be divisible by {factor}); shorten model.channel_mults"
         )
-    return EpsilonScore(net, sde)
+    return FlowVelocity(net, sde) if objective == "flow_matching" else EpsilonScore(net, sde)
 
 
 def load_data(section: dict[str, Any], split: str) -> ImageData:
@@ -149,7 +158,7 @@ def build_trainer(
     torch.manual_seed(settings.seed)  # the network's initialisation (identical on every rank)
     data, eval_data = load_data(config["data"], "train"), load_data(config["data"], "test")
     sde = build_sde(config["sde"])
-    model = build_model(config["model"], data.image_shape, sde)
+    model = build_model(config["model"], data.image_shape, sde, settings.objective)
     return Trainer(model, sde, data, out_dir=config["run"]["out"], settings=settings, device=device,
                    eval_data=eval_data, config=config, progress=progress, resume=resume,
                    resume_state=resume_state)  # fmt: skip
@@ -185,7 +194,7 @@ def load_run(checkpoint: str | Path, device: str | torch.device = "cpu", *, ema:
     target = f"the model its config describes (channels {m['channels']}, channel_mults {m['channel_mults']})"
     try:
         event_shape = tuple(state["event_shape"])
-        model = build_model(m, event_shape, sde)
+        model = build_model(m, event_shape, sde, config["train"]["objective"])
         if ema:
             weights = {k.removeprefix("module."): v for k, v in state["ema"].items() if k != "n_averaged"}
         else:

@@ -39,11 +39,13 @@ from scoresde._atomic import atomic_write, atomic_write_text, remove_stale_tempo
 from scoresde.checkpoint import check_plain, checkpoint_mismatch, load_checkpoint, save_checkpoint
 from scoresde.data import ImageData
 from scoresde.discrete_data import BpdEvaluation, evaluate_bpd
+from scoresde.flow_matching import COUPLINGS, flow_matching_loss
 from scoresde.losses import TIME_SAMPLINGS, WEIGHTINGS, dsm_loss
 from scoresde.progress import progress_bar
 from scoresde.sample import sample_ode
 from scoresde.score import ScoreModel
 from scoresde.sde.base import LinearSDE
+from scoresde.velocity import FlowVelocity
 
 __all__ = [
     "FitResult",
@@ -56,7 +58,22 @@ __all__ = [
     "resolve_device",
 ]
 
-BatchSource = Tensor | Callable[[int, torch.Generator], Tensor]
+BatchSource = Tensor | tuple[Tensor, Tensor] | Callable[[int, torch.Generator], Tensor | tuple[Tensor, Tensor]]
+
+OBJECTIVES = ("dsm", "flow_matching")
+"""What a model is trained on: denoising score matching (:func:`~scoresde.dsm_loss`, any score model) or
+conditional flow matching (:func:`~scoresde.flow_matching_loss`, a :class:`~scoresde.FlowVelocity`)."""
+
+
+def _objective_loss(
+    objective: str, model: nn.Module, sde: LinearSDE, batch: Tensor | tuple[Tensor, Tensor], *, weighting: str,
+    time_sampling: str, coupling: str, generator: torch.Generator | None,
+) -> Tensor:  # fmt: skip
+    """The loss of one batch, ``x0`` or a paired ``(x0, noise)``, under ``objective``."""
+    x0, noise = batch if isinstance(batch, tuple) else (batch, None)
+    if objective == "flow_matching":
+        return flow_matching_loss(model, sde, x0, coupling=coupling, noise=noise, generator=generator)
+    return dsm_loss(model, sde, x0, weighting=weighting, time_sampling=time_sampling, noise=noise, generator=generator)
 
 
 @dataclass
@@ -76,31 +93,47 @@ def fit(
     lr: float = 2e-3,
     weighting: str = "sigma2",
     time_sampling: str = "uniform",
+    objective: str = "dsm",
+    coupling: str = "independent",
     generator: torch.Generator | None = None,
     progress: bool = False,
 ) -> FitResult:
-    """Train ``model`` (a score model) with :func:`~scoresde.dsm_loss` for ``steps`` Adam steps,
-    the learning rate decayed by cosine annealing.
+    """Train ``model`` for ``steps`` Adam steps, the learning rate decayed by cosine annealing: a score
+    model with :func:`~scoresde.dsm_loss` (``objective="dsm"``, with ``weighting`` and
+    ``time_sampling``), or a :class:`~scoresde.FlowVelocity` with :func:`~scoresde.flow_matching_loss`
+    (``objective="flow_matching"``, with ``coupling``).
 
     Args:
-        data: a tensor ``(n, *event)`` to draw batches from (with replacement), or a function
-            ``(batch_size, generator) -> batch``, e.g. ``lambda n, g: gmm.sample(n, generator=g)``.
+        data: a tensor ``(n, *event)`` to draw batches from (with replacement); a pair of tensors
+            ``(x0, noise)``, each ``(n, *event)``, drawn row for row (a fixed coupling, e.g. reflow's
+            pairs); or a function ``(batch_size, generator) -> batch`` (or ``-> (x0, noise)``), e.g.
+            ``lambda n, g: gmm.sample(n, generator=g)``.
         generator: drives the batches, times and noise (the model's initialisation is yours).
     """
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive int, got {steps!r}")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    if isinstance(data, Tensor):
-        if data.ndim < 2 or data.shape[0] == 0:
-            raise ValueError(f"data must be (n, *event) with n >= 1, got shape {tuple(data.shape)}")
-        if not torch.isfinite(data).all():
-            raise ValueError("data holds NaN or inf")
-        pool = data
+    if isinstance(data, (Tensor, tuple)):
+        pools = data if isinstance(data, tuple) else (data,)
+        if len(pools) not in (1, 2) or not all(isinstance(p, Tensor) for p in pools):
+            raise TypeError(f"tuple data must be two tensors (x0, noise), got {len(pools)} item(s)")
+        for name, pool in zip(("data", "noise"), pools, strict=False):
+            if pool.ndim < 2 or pool.shape[0] == 0:
+                raise ValueError(f"{name} must be (n, *event) with n >= 1, got shape {tuple(pool.shape)}")
+            if not torch.isfinite(pool).all():
+                raise ValueError(f"{name} holds NaN or inf")
+        if pools[-1].shape != pools[0].shape:
+            raise ValueError(
+                f"paired noise shape {tuple(pools[1].shape)} differs from data shape {tuple(pools[0].shape)}"
+            )
 
-        def draw(n: int, g: torch.Generator | None) -> Tensor:
-            idx = torch.randint(len(pool), (n,), generator=g, device=g.device if g is not None else "cpu")
-            return pool[idx.to(pool.device)]
+        def draw(n: int, g: torch.Generator | None) -> Tensor | tuple[Tensor, Tensor]:
+            idx = torch.randint(len(pools[0]), (n,), generator=g, device=g.device if g is not None else "cpu")
+            rows = tuple(pool[idx.to(pool.device)] for pool in pools)
+            return rows if len(rows) == 2 else rows[0]
     elif callable(data):
         draw = data
     else:
@@ -114,8 +147,9 @@ def fit(
     model.train()
     with progress_bar(total=steps, enabled=progress, desc="fit") as bar:
         for _ in range(steps):
-            x0 = draw(batch_size, generator)
-            loss = dsm_loss(model, sde, x0, weighting=weighting, time_sampling=time_sampling, generator=generator)
+            batch = draw(batch_size, generator)
+            loss = _objective_loss(objective, model, sde, batch, weighting=weighting, time_sampling=time_sampling,
+                                   coupling=coupling, generator=generator)  # fmt: skip
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -196,7 +230,9 @@ class TrainConfig:
 
     ``lr``: the peak learning rate, reached after ``warmup_steps`` of linear warm-up from
     ``lr / warmup_steps``, then held (``lr_schedule="constant"``) or annealed to 0 at ``steps``
-    (``"cosine"``). ``weighting``, ``time_sampling``: passed to :func:`~scoresde.dsm_loss`.
+    (``"cosine"``). ``objective``: ``"dsm"`` (:func:`~scoresde.dsm_loss`, with ``weighting`` and
+    ``time_sampling``) or ``"flow_matching"`` (:func:`~scoresde.flow_matching_loss` of a
+    :class:`~scoresde.FlowVelocity`, with ``coupling``).
     ``seed`` seeds the batch order, the noise and dropout (the model's initialisation is yours).
     """
 
@@ -216,6 +252,12 @@ class TrainConfig:
     )
     time_sampling: str = field(
         default="uniform", metadata=_rule("uniform, or importance (with likelihood weighting)", choices=TIME_SAMPLINGS)
+    )
+    objective: str = field(
+        default="dsm", metadata=_rule("dsm (score matching) or flow_matching (a velocity model)", choices=OBJECTIVES)
+    )
+    coupling: str = field(
+        default="independent", metadata=_rule("flow matching's noise coupling: independent or ot", choices=COUPLINGS)
     )
     seed: int = field(default=0, metadata=_rule("seed of the batch order, noise and dropout"))
     eval_every: int = field(default=0, metadata=_rule("evaluate every N steps (0: at the end only)"))
@@ -329,6 +371,8 @@ class Trainer:
             raise TypeError(f"Trainer got unknown keyword argument(s) {', '.join(unknown)} (the training settings "
                             f"are TrainConfig's fields: {', '.join(f.name for f in fields(TrainConfig))})")  # fmt: skip
         self.settings = s = replace(settings or TrainConfig(), **overrides)
+        if s.objective == "flow_matching" and not isinstance(model, FlowVelocity):
+            raise TypeError(f"objective='flow_matching' trains a FlowVelocity model, got {type(model).__name__}")
         if isinstance(data, Tensor):
             if not data.is_floating_point() or data.ndim < 2 or data.shape[0] == 0:
                 raise ValueError(f"tensor data must be a non-empty float (n, *event) tensor, got {data.dtype} "
@@ -459,9 +503,10 @@ class Trainer:
         with self._fork_rng():
             self._set_rng(self._dropout_rng)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-                loss = dsm_loss(
-                    self._train_model, self.sde, x0, weighting=self.settings.weighting,
-                    time_sampling=self.settings.time_sampling, generator=self.generator,
+                loss = _objective_loss(
+                    self.settings.objective, self._train_model, self.sde, x0, weighting=self.settings.weighting,
+                    time_sampling=self.settings.time_sampling, coupling=self.settings.coupling,
+                    generator=self.generator,
                 )  # fmt: skip
             self._dropout_rng = self._get_rng()
         value = self._mean_over_ranks(loss.detach().float()).item()

@@ -57,7 +57,9 @@ def _check_number(name: str, value: float, *, positive: bool = False) -> float:
 
 
 # The schedule functions of the time alone, which also take a number (checked against [0, T]).
-_TIME_FUNCTIONS = frozenset({"diffusion", "log_alpha", "sigma", "alpha", "log_snr", "drift_coef", "beta"})
+_TIME_FUNCTIONS = frozenset(
+    {"diffusion", "log_alpha", "sigma", "alpha", "log_snr", "drift_coef", "beta", "d_alpha", "d_sigma"}
+)
 
 
 def _taking_numbers(fn: Callable[[SDE, Tensor], Tensor]) -> Callable[[SDE, TimeLike], Tensor]:
@@ -234,6 +236,16 @@ class LinearSDE(SDE):
             lo = torch.where(above, mid, lo)
             hi = torch.where(above, hi, mid)
         return 0.5 * (lo + hi)
+
+    def d_alpha(self, t: Tensor) -> Tensor:
+        r""":math:`\dot\alpha(t) = f(t)\,\alpha(t)`, the time derivative of the mean coefficient (a
+        Gaussian path's velocity is :math:`\dot\alpha x_0 + \dot\sigma\epsilon`)."""
+        return self.drift_coef(t) * self.alpha(t)
+
+    def d_sigma(self, t: Tensor) -> Tensor:
+        r""":math:`\dot\sigma(t)`, the time derivative of the noise level (by autodiff unless a subclass
+        gives a closed form)."""
+        return _time_derivative(self.sigma, t)
 
     def drift_coef(self, t: Tensor) -> Tensor:
         r""":math:`f(t) = \frac{d}{dt}\log\alpha(t)`; the drift is :math:`f(t)\,x`."""
