@@ -175,6 +175,19 @@ class GaussianMixture:
         dtype: torch.dtype | None = None,
     ) -> Tensor:
         """Draw ``n`` samples, shape ``(n, *event_shape)``."""
+        return self.sample_with_labels(n, generator=generator, device=device, dtype=dtype)[0]
+
+    def sample_with_labels(
+        self,
+        n: int,
+        *,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Draw ``n`` samples ``(n, *event_shape)`` and the component each came from, ``(n,)``
+        int64: the labels of a class-conditional problem whose classes are the components (the
+        samples are those :meth:`sample` draws from the same generator state)."""
         if not isinstance(n, int) or n < 1:
             raise ValueError(f"n must be a positive int, got {n!r}")
         check_float_dtype(dtype)
@@ -186,7 +199,7 @@ class GaussianMixture:
         z = torch.randn(n, self.dim, generator=generator, device=device, dtype=dtype)
         means = self.means.to(device=device, dtype=dtype)
         x = means[k] + torch.einsum("bij,bj->bi", eigvecs[k], eigvals[k].sqrt() * z)
-        return x.reshape(n, *self.event_shape)
+        return x.reshape(n, *self.event_shape), k
 
     def marginal(self, sde: LinearSDE, t: TimeLike) -> GaussianMixture:
         r"""The perturbed mixture :math:`p_t` at one time ``t`` (a number or a 0-d tensor) under
@@ -284,5 +297,140 @@ class GaussianMixture:
 
         return variance
 
+    # --- the class-conditional views: the components are the classes (y = k: x_0 came from component k)
+
+    @property
+    def num_classes(self) -> int:
+        """The number of classes when the components are the classes, ``K``; label ``K`` is the null label
+        (no class: the mixture itself)."""
+        return self.num_components
+
+    def _component_scores(self, y: Tensor, alpha: Tensor, var_noise: Tensor) -> tuple[Tensor, Tensor]:
+        r"""Per-component log densities ``(b, K)`` (weights included) and each component's score
+        :math:`-(\alpha^2\Sigma_k + \sigma^2 I)^{-1}(y - \alpha\mu_k)` ``(b, K, d)``, for flat ``y``."""
+        log_comp, resid, var = self._components(y, alpha, var_noise)
+        eigvecs = self._params(y)[2]
+        return log_comp, -torch.einsum("kij,bkj->bki", eigvecs, resid / var)
+
+    def conditional_score_fn(self, sde: LinearSDE) -> ConditionalScore:
+        r"""The exact class-conditional score ``(x, t, y) -> grad_x log p_t(x | y)``, shaped like ``x``:
+
+        .. math:: p_t(x \mid y = k) = \mathcal N\big(\alpha\mu_k,\ \alpha^2\Sigma_k + \sigma^2 I\big),
+
+        component ``k`` perturbed alone. ``y`` is ``(batch,)`` int64 in ``[0, K]``; the null label ``K``
+        gives the unconditional score :math:`\nabla\log p_t` (what a model trained with label dropout
+        learns for it), so the result is a conditional score function for
+        :func:`scoresde.guidance.classifier_free_guidance` with ``num_classes = K``. The labels'
+        values are not read on the host (a per-step function)."""
+        self._require_linear(sde)
+        return ConditionalScore(self, sde)
+
+    def log_classifier_fn(self, sde: LinearSDE) -> Fn:
+        r"""The exact noisy classifier ``(x, t) -> log p_t(y | x)``, ``(batch, K)``: the components'
+        responsibilities at time ``t``,
+
+        .. math:: p_t(y = k \mid x) = \frac{w_k\,\mathcal N(x; \alpha\mu_k, \alpha^2\Sigma_k + \sigma^2 I)}
+                  {\sum_j w_j\,\mathcal N(x; \alpha\mu_j, \alpha^2\Sigma_j + \sigma^2 I)}.
+
+        Log-probabilities are valid logits, so this is a classifier for
+        :func:`scoresde.guidance.classifier_guidance` (differentiable in ``x``)."""
+        self._require_linear(sde)
+
+        def log_classifier(x: Tensor, t: TimeLike) -> Tensor:
+            log_comp = self._components(self._flat(x), *self._perturbation(sde, x, t))[0]
+            return torch.log_softmax(log_comp, dim=1)
+
+        return log_classifier
+
+    def classifier_grad_fn(self, sde: LinearSDE) -> Callable[[Tensor, TimeLike, Tensor], Tensor]:
+        r"""``(x, t, y) -> grad_x log p_t(y | x)`` in closed form, shaped like ``x``, by Bayes' rule for
+        the score: :math:`\nabla\log p_t(y \mid x) = \nabla\log p_t(x \mid y) - \nabla\log p_t(x)`, with
+        ``y`` ``(batch,)`` in ``[0, K)``."""
+        self._require_linear(sde)
+
+        def grad(x: Tensor, t: TimeLike, y: Tensor) -> Tensor:
+            log_comp, scores = self._component_scores(self._flat(x), *self._perturbation(sde, x, t))
+            resp = torch.softmax(log_comp, dim=1)
+            chosen = torch.nn.functional.one_hot(y, self.num_components).to(resp.dtype)
+            return torch.einsum("bk,bki->bi", chosen - resp, scores).reshape(x.shape)
+
+        return grad
+
+    def condition(self, mask: Tensor, observed: Tensor) -> GaussianMixture:
+        r"""The exact law of the unobserved coordinates of :math:`x_0` given the observed ones
+        (imputation's target), a Gaussian mixture in closed form. With ``o`` the observed and ``m``
+        the missing coordinates, per component
+
+        .. math:: x_m \mid x_o, k \sim \mathcal N\big(\mu_m + \Sigma_{mo}\Sigma_{oo}^{-1}(x_o - \mu_o),\
+                  \Sigma_{mm} - \Sigma_{mo}\Sigma_{oo}^{-1}\Sigma_{om}\big), \qquad
+                  p(k \mid x_o) \propto w_k\,\mathcal N(x_o; \mu_o, \Sigma_{oo}).
+
+        Args:
+            mask: boolean, shaped like one sample (``event_shape``); ``True`` marks an observed value.
+            observed: one sample ``event_shape``; its values where ``mask`` is ``False`` are ignored.
+
+        Returns:
+            A :class:`GaussianMixture` over the ``d_m`` missing coordinates (in the flattened
+            order of ``mask``), event shape ``(d_m,)``, with ``K`` components (float64).
+        """
+        o = check_mask(mask, self.event_shape).reshape(-1).cpu()
+        if not isinstance(observed, Tensor) or tuple(observed.shape) != self.event_shape:
+            got = tuple(observed.shape) if isinstance(observed, Tensor) else type(observed).__name__
+            raise ValueError(f"observed must be one sample of shape {self.event_shape}, got {got}")
+        if int(o.sum()) in (0, self.dim):
+            raise ValueError(f"mask must observe some coordinates and leave some missing, got {int(o.sum())} "
+                             f"of {self.dim} observed")  # fmt: skip
+        x_o = observed.detach().reshape(-1).cpu().to(torch.float64)[o]
+        if not torch.isfinite(x_o).all():
+            raise ValueError("observed holds NaN or inf at observed coordinates")
+        m = ~o
+        mu_o, mu_m = self.means[:, o], self.means[:, m]
+        s_oo, s_mo, s_mm = self.covs[:, o][:, :, o], self.covs[:, m][:, :, o], self.covs[:, m][:, :, m]
+        chol, info = torch.linalg.cholesky_ex(s_oo)
+        if (info != 0).any():
+            raise ValueError("the observed block of a component's covariance is singular: no conditional density")
+        resid = (x_o - mu_o)[:, :, None]  # (K, d_o, 1)
+        white = torch.linalg.solve_triangular(chol, resid, upper=False)  # L^-1 (x_o - mu_o)
+        gain_t = torch.cholesky_solve(s_mo.transpose(1, 2), chol)  # Sigma_oo^-1 Sigma_om
+        means = mu_m + (gain_t.transpose(1, 2) @ resid)[:, :, 0]
+        covs = s_mm - s_mo @ gain_t
+        covs = 0.5 * (covs + covs.transpose(1, 2))
+        log_norm = -0.5 * white.square().sum((1, 2)) - chol.diagonal(dim1=1, dim2=2).log().sum(1)
+        log_w = self.weights.log() + log_norm  # the 2 pi terms are shared by all components
+        return GaussianMixture(means, covs, torch.softmax(log_w, 0))
+
     def __repr__(self) -> str:
         return f"GaussianMixture(K={self.num_components}, event_shape={self.event_shape})"
+
+
+def check_mask(mask: Tensor, event_shape: tuple[int, ...], name: str = "mask") -> Tensor:
+    """``mask`` if it is a boolean tensor shaped like one sample (``event_shape``), else ``TypeError`` /
+    ``ValueError`` naming its dtype or shape (metadata only: no host sync)."""
+    if not isinstance(mask, Tensor):
+        raise TypeError(f"{name} must be a boolean tensor, got {type(mask).__name__}")
+    if mask.dtype != torch.bool:
+        raise TypeError(f"{name} must be a boolean tensor (True = observed), got dtype {mask.dtype}")
+    if tuple(mask.shape) != tuple(event_shape):
+        raise ValueError(f"{name} must be shaped like one sample {tuple(event_shape)}, got {tuple(mask.shape)}")
+    return mask
+
+
+class ConditionalScore:
+    r"""The exact class-conditional score of a :class:`GaussianMixture` whose components are the classes:
+    ``(x, t, y) -> grad_x log p_t(x | y)`` (see :meth:`GaussianMixture.conditional_score_fn`).
+    ``num_classes`` is ``K``; the label ``null_label = K`` means no class (the mixture's score)."""
+
+    def __init__(self, mixture: GaussianMixture, sde: LinearSDE) -> None:
+        self.mixture, self.sde = mixture, sde
+        self.num_classes = mixture.num_components
+        self.null_label = self.num_classes
+
+    def __call__(self, x: Tensor, t: TimeLike, y: Tensor) -> Tensor:
+        gmm = self.mixture
+        log_comp, scores = gmm._component_scores(gmm._flat(x), *gmm._perturbation(self.sde, x, t))
+        resp = torch.softmax(log_comp, dim=1)
+        # one-hot for a class, the responsibilities (the mixture's score) for the null label
+        onehot = torch.nn.functional.one_hot(y, self.num_classes + 1)[:, : self.num_classes].to(resp.dtype)
+        chosen = onehot + (y == self.null_label)[:, None].to(resp.dtype) * resp
+        return torch.einsum("bk,bki->bi", chosen, scores).reshape(x.shape)
+

@@ -20,6 +20,16 @@ descending time grid to ``t_end`` (default the SDE's ``t_min``) and returns a
   except where the update itself looks at the batch: the Langevin corrector's default batch-mean
   norms (``corrector_norm="per_sample"`` removes that coupling).
 * ``progress``: a tqdm bar over the steps.
+* ``step_hook``: a callable ``hook(step, x, t, s, ctx) -> x_s`` that runs each step of a fixed-step
+  loop in its place: ``step(x)`` is the sampler's own update from ``t`` to ``s`` (0-d times) and
+  ``ctx`` the :class:`~scoresde.solvers.StepContext` (``ctx.noise`` gives the run's noise, per-sample
+  seeds included). A hook may change the state before or after the update, or run it more than once:
+  imputation's replacement and RePaint resampling (:mod:`scoresde.guidance`) are hooks. The
+  torchdiffeq and torchsde methods own their steps and refuse one.
+
+A score function may declare the times it is valid on as ``score_fn.time_range = (t_lo, t_hi)``
+(a classifier-guided score does, :class:`~scoresde.guidance.ClassifierGuidance`): every sampler
+checks its grid against it once, before the first step, and names both ranges if it does not fit.
 
 A state that becomes NaN or infinite raises :class:`~scoresde.solvers.NonFiniteError`
 naming the first bad step. The fixed-step loops look every 32 steps and at the end (one host
@@ -58,6 +68,8 @@ from scoresde.solvers.sdeint import sdeint_reverse_sde
 from scoresde.timesteps import check_time_grid, default_grid_kind, time_grid
 
 SaveAt = Sequence[float] | Tensor | str | None
+StepHook = Callable[[Callable[[Tensor], Tensor], Tensor, Tensor, Tensor, StepContext], Tensor]
+"""``hook(step, x, t, s, ctx) -> x_s``: runs one step of a fixed-step loop (see the module docstring)."""
 
 
 @dataclass
@@ -151,6 +163,38 @@ def _trajectory(grid: Tensor, mask: Tensor, states: list[Tensor]) -> Trajectory 
     return Trajectory(t=grid[mask].to(states[0].device), x=torch.stack(states))
 
 
+def _check_time_range(score_fn: ScoreFn, times: Tensor, sampler: str) -> None:
+    """Refuse a grid that leaves the ``time_range`` a score function declares (if it declares one)."""
+    time_range = getattr(score_fn, "time_range", None)
+    if time_range is None:
+        return
+    lo, hi = time_range
+    t_lo, t_hi = float(times.min()), float(times.max())
+    if t_lo < lo or t_hi > hi:
+        raise ValueError(
+            f"{sampler} runs on t in [{t_lo:.6g}, {t_hi:.6g}] but its score function is valid on "
+            f"[{lo:.6g}, {hi:.6g}] only ({type(score_fn).__name__}.time_range): sample within it (t_end >= {lo:.6g})"
+        )
+
+
+def _check_step_hook(step_hook: StepHook | None) -> None:
+    if step_hook is not None and not callable(step_hook):
+        raise TypeError(f"step_hook must be callable hook(step, x, t, s, ctx) -> x, got {type(step_hook).__name__}")
+
+
+def _hooked(
+    step: Callable[[Tensor, int, Tensor, Tensor], Tensor], hook: StepHook | None, ctx: StepContext
+) -> Callable[[Tensor, int, Tensor, Tensor], Tensor]:
+    """``step`` run through ``hook`` (unchanged without one)."""
+    if hook is None:
+        return step
+
+    def hooked(x: Tensor, i: int, t: Tensor, s: Tensor) -> Tensor:
+        return hook(lambda z: step(z, i, t, s), x, t, s, ctx)
+
+    return hooked
+
+
 def _check_denoise(sde: SDE, denoise: bool) -> None:
     if not isinstance(denoise, bool):
         raise TypeError(f"denoise must be True or False, got {denoise!r}")
@@ -213,6 +257,7 @@ def _run_predictor_corrector(
     denoise: bool,
     progress: bool,
     desc: str,
+    step_hook: StepHook | None = None,
 ) -> SampleResult:
     grid, mask = _with_save_points(grid, save_at)
     ctx = StepContext(noise=noise)
@@ -222,7 +267,7 @@ def _run_predictor_corrector(
         x = predictor.step(x, t, s, ctx)
         return x if corrector is None else corrector.correct(x, s, t, ctx)
 
-    x, saved = _run_grid(step, x, grid, mask, progress=progress, desc=desc)
+    x, saved = _run_grid(_hooked(step, step_hook, ctx), x, grid, mask, progress=progress, desc=desc)
     return _finish(sde, score, x, grid, denoise, _trajectory(grid, mask, saved))
 
 
@@ -253,6 +298,7 @@ def sample_pc(
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
     progress: bool = False,
+    step_hook: StepHook | None = None,
 ) -> SampleResult:
     r"""Predictor–corrector sampling (Song et al. 2021, Alg. 1).
 
@@ -283,11 +329,14 @@ def sample_pc(
         corrector_obj = corrector_cls(sde, score, snr=snr, num_steps=corrector_steps, **extra)
     _check_denoise(sde, denoise)
     times = _grid(sde, timesteps, num_steps, grid, t_end)
+    _check_time_range(score_fn, times, "sample_pc")
+    _check_step_hook(step_hook)
     noise = _noise(generator, seed, sample_indices)
     x = _initial_state(sde, shape, x_init, noise, device, dtype)
     return _run_predictor_corrector(
         predictor_obj, corrector_obj, score, sde, x, times, save_at,
         noise=noise, denoise=denoise, progress=progress, desc=f"sample_pc({predictor}, {corrector})",
+        step_hook=step_hook,
     )  # fmt: skip
 
 
@@ -310,6 +359,7 @@ def sample_sde(
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
     progress: bool = False,
+    step_hook: StepHook | None = None,
 ) -> SampleResult:
     r"""Integrate the reverse-time SDE :math:`dx = [f - g^2 s]\,dt + g\,d\bar w` from ``t_start``
     down to ``t_end``.
@@ -331,6 +381,11 @@ def sample_sde(
     solver = lookup(method, "sample_sde", is_sde_solver)
     _check_denoise(sde, denoise)
     times = _grid(sde, timesteps, num_steps, grid, t_end)
+    _check_time_range(score_fn, times, "sample_sde")
+    _check_step_hook(step_hook)
+    if solver.runner == "torchsde" and step_hook is not None:
+        raise ValueError(f"torchsde method {method!r} owns its steps and takes no step_hook: use one of this "
+                         "library's methods ('euler_maruyama', 'reverse_diffusion', 'ancestral')")  # fmt: skip
     noise = _noise(generator, seed, sample_indices)
     if solver.runner == "torchsde" and isinstance(noise, SampleNoise):
         raise ValueError(f"torchsde's Brownian motion is one for the batch: method={method!r} takes a generator, "
@@ -340,6 +395,7 @@ def sample_sde(
         return _run_predictor_corrector(
             solver.target(sde, score), None, score, sde, x, times, save_at,
             noise=noise, denoise=denoise, progress=progress, desc=f"sample_sde({solver.name})",
+            step_hook=step_hook,
         )  # fmt: skip
     steps = torch.diff(times)
     if not torch.allclose(steps, steps[0], rtol=1e-6, atol=0):
@@ -372,6 +428,7 @@ def sample_ode(
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
     progress: bool = False,
+    step_hook: StepHook | None = None,
 ) -> SampleResult:
     r"""Integrate the probability-flow ODE :math:`dx/dt = f - \frac12 g^2 s` from ``t_start``
     down to ``t_end`` (deterministic given ``x_init``).
@@ -415,20 +472,26 @@ def sample_ode(
         times = _grid(sde, timesteps, num_steps, grid or default_grid_kind(sde), t_end)
     if stepper is not None:
         stepper.check_grid(times)
-    x = _initial_state(sde, shape, x_init, _noise(generator, seed, sample_indices), device, dtype)
+    _check_time_range(score_fn, times, "sample_ode")
+    _check_step_hook(step_hook)
+    if stepper is None and step_hook is not None:
+        raise ValueError(f"torchdiffeq method {method!r} owns its steps and takes no step_hook: use a fixed-step "
+                         "method of this library ('euler', 'heun', 'ddim', 'dpmpp_2m', ...)")  # fmt: skip
+    noise = _noise(generator, seed, sample_indices)
+    x = _initial_state(sde, shape, x_init, noise, device, dtype)
     times, mask = _with_save_points(times, save_at)
     if stepper is None:
         states = solve_flow(score, sde, x, times, method=solver, rtol=rtol, atol=atol, options=options).x
         saved = list(states[mask.to(states.device)])
         return _finish(sde, score, states[-1], times, denoise, _trajectory(times, mask, saved))
-    ctx = StepContext()  # the ODE solvers draw no noise
+    ctx = StepContext(noise=noise)  # the ODE solvers draw none; a step hook may
     num_intervals = len(times) - 1
 
     def step(x: Tensor, i: int, t: Tensor, s: Tensor) -> Tensor:
         ctx.last = i == num_intervals - 1
         return stepper.step(x, t, s, ctx)
 
-    x, saved = _run_grid(step, x, times, mask, progress=progress, desc=f"sample_ode({method})")
+    x, saved = _run_grid(_hooked(step, step_hook, ctx), x, times, mask, progress=progress, desc=f"sample_ode({method})")
     return _finish(sde, score, x, times, denoise, _trajectory(times, mask, saved))
 
 
