@@ -32,7 +32,8 @@ from scoresde.checkpoint import load_checkpoint
 from scoresde.config import DEFAULT_CONFIG, build_trainer, load_config, load_data, load_run
 from scoresde.data import to_levels
 from scoresde.demo import digits_demo, toy_demo
-from scoresde.train import TrainConfig, Trainer, distributed_context, resolve_device
+from scoresde.distributed import distributed_context, resolve_device
+from scoresde.train import TrainConfig, Trainer
 
 # ----------------------------------------------------------------------------- train
 

@@ -17,10 +17,11 @@ import torch
 
 from scoresde.checkpoint import checkpoint_mismatch, load_checkpoint
 from scoresde.data import ImageData, load_images
+from scoresde.distributed import init_distributed, resolve_device
 from scoresde.nn import UNet
 from scoresde.score import EpsilonScore, ScoreModel
 from scoresde.sde import VESDE, VPSDE, CosinePath, LinearPath, LinearSDE, SubVPSDE
-from scoresde.train import TrainConfig, Trainer, init_distributed, resolve_device
+from scoresde.train import TrainConfig, Trainer
 from scoresde.velocity import FlowVelocity
 
 __all__ = [

@@ -10,18 +10,28 @@ model density of :func:`~scoresde.log_likelihood`; :func:`evaluate_bpd` averages
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
+from scoresde._atomic import atomic_write, atomic_write_text
 from scoresde._tensor import check_finite, check_generator
+from scoresde.distributed import distributed_context, shard_batches
 from scoresde.likelihood import log_likelihood
+from scoresde.noise import BatchNoise, Noise, SampleNoise, noise_source
 from scoresde.progress import progress_bar
 from scoresde.sde.base import SDE, ScoreFn
+
+DEQUANTIZATION_STREAM = 1
+"""The :class:`~scoresde.noise.SampleNoise` stream of dequantization noise (probes use stream 0)."""
 
 __all__ = [
     "BitsPerDimResult",
@@ -55,12 +65,14 @@ class BitsPerDimResult:
 class BpdEvaluation:
     """Output of :func:`evaluate_bpd`: mean bits/dim over the data set, its standard error
     (sample std over data points / sqrt(n); it includes dequantization and Hutchinson noise),
-    the number of data points and the total NFE."""
+    the number of data points, the total NFE (of every batch, those a resumed run read from disk
+    included) and the per-point bits/dim ``(n,)`` float64 in data order."""
 
     mean: float
     std_error: float
     num_samples: int
     nfe: int
+    bits_per_dim: Tensor | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, eq=False)
@@ -131,11 +143,18 @@ def dequantize(
     :math:`\\nu` uniform on ``[0, 1)`` drawn with ``generator`` on ``levels``' device (or ``0.5``, the
     bin centre, with ``centre=True``). ``dtype``: the float type (default ``levels``' own if it is a
     float, else torch's default)."""
+    return _dequantize(levels, num_bins, transform, BatchNoise(generator), dtype, centre)
+
+
+def _dequantize(
+    levels: Tensor, num_bins: int, transform: DataTransform | None, noise: Noise, dtype: torch.dtype | None,
+    centre: bool,
+) -> Tensor:
     transform = DataTransform() if transform is None else transform
     if dtype is None:
         dtype = levels.dtype if levels.is_floating_point() else torch.get_default_dtype()
     x = levels.to(dtype)
-    offset = 0.5 if centre else torch.rand(x.shape, generator=generator, device=x.device, dtype=dtype)
+    offset = 0.5 if centre else noise.rand_like(x)
     return transform((x + offset) / num_bins)
 
 
@@ -176,6 +195,8 @@ def bits_per_dim(
     num_dequant_samples: int = 1,
     dtype: torch.dtype | None = None,
     generator: torch.Generator | None = None,
+    seed: int | None = None,
+    sample_indices: Tensor | Sequence[int] | None = None,
     **likelihood_kwargs: Any,
 ) -> BitsPerDimResult:
     r"""Bits/dim of discrete data ``x`` (integer levels ``0..num_bins-1``, shape
@@ -197,8 +218,11 @@ def bits_per_dim(
     :math:`\log p_y` is :func:`log_likelihood` at ``t_min`` (keyword arguments pass through).
 
     Random numbers: the dequantization noise ``(num_dequant_samples, batch, *event)`` is drawn
-    first from ``generator``, then any Hutchinson probes. ``dtype`` is the float type of the
-    computation for integer ``x`` (default: torch's default dtype); a float ``x`` keeps its own.
+    first from ``generator``, then any Hutchinson probes. With per-sample seeds instead (``seed``,
+    ``sample_indices``, :class:`~scoresde.noise.SampleNoise`) a sample's dequantization noise and
+    probes depend on ``(seed, index)`` only, from two independent streams. ``dtype`` is the float
+    type of the computation for integer ``x`` (default: torch's default dtype); a float ``x``
+    keeps its own.
     """
     _check_discrete(x, num_bins)
     check_generator(generator)
@@ -210,9 +234,16 @@ def bits_per_dim(
     levels = x.to(dtype)
     transform.check(levels)
 
-    repeated = levels.expand(num_dequant_samples, *x.shape)
-    y = dequantize(repeated, num_bins, transform, generator=generator).flatten(0, 1)  # all draws in one ODE solve
-    result = log_likelihood(score_fn, sde, y, generator=generator, **likelihood_kwargs)
+    noise = noise_source(generator, seed, sample_indices, stream=DEQUANTIZATION_STREAM)
+    if isinstance(noise, SampleNoise):  # one draw per dequantization sample, each (batch, *event)
+        draws = [_dequantize(levels, num_bins, transform, noise, None, False) for _ in range(num_dequant_samples)]
+        y = torch.cat(draws)
+        indices = noise.indices.repeat(num_dequant_samples)
+        result = log_likelihood(score_fn, sde, y, seed=seed, sample_indices=indices, **likelihood_kwargs)
+    else:
+        repeated = levels.expand(num_dequant_samples, *x.shape)
+        y = _dequantize(repeated, num_bins, transform, noise, None, False).flatten(0, 1)  # all draws: one solve
+        result = log_likelihood(score_fn, sde, y, generator=generator, **likelihood_kwargs)
 
     num_dims = x[0].numel()
     log_prob = result.log_prob.reshape(num_dequant_samples, x.shape[0])
@@ -229,42 +260,164 @@ def evaluate_bpd(
     num_bins: int,
     batch_size: int = 256,
     progress: bool = False,
+    seed: int | None = None,
+    out_dir: str | Path | None = None,
     **bpd_kwargs: Any,
 ) -> BpdEvaluation:
     """Mean bits/dim of a data set and its standard error, by :func:`bits_per_dim` batch by
     batch.
 
-    ``data`` is a tensor ``(n, *event)`` (split into ``batch_size`` chunks) or an iterable of
-    batches, e.g. a ``DataLoader``; a batch that is a tuple or list (``(x, label)``) contributes
-    its first item. ``bpd_kwargs`` go to :func:`bits_per_dim` (``transform``, ``generator``,
-    ``divergence``, ``rtol``, ...). ``progress`` shows a tqdm bar over batches.
-    """
-    if isinstance(data, Tensor):
-        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        if data.ndim < 2:
-            raise ValueError(f"data must be (n, *event), got shape {tuple(data.shape)}")
-        batches: Iterable[Any] = data.split(batch_size)
-        total = math.ceil(data.shape[0] / batch_size)
-    elif isinstance(data, Iterable):
-        batches = data
-        total = len(data) if hasattr(data, "__len__") else None  # type: ignore[arg-type]
-    else:
-        raise TypeError(f"data must be a tensor or an iterable of batches, got {type(data).__name__}")
+    ``data`` is a tensor ``(n, *event)`` (cut into batches of ``batch_size`` by index) or an
+    iterable of batches, e.g. a ``DataLoader``; a batch that is a tuple or list (``(x, label)``)
+    contributes its first item. ``bpd_kwargs`` go to :func:`bits_per_dim` (``transform``,
+    ``generator``, ``divergence``, ``rtol``, ...). ``progress`` shows a tqdm bar over batches.
 
-    per_sample: list[Tensor] = []
-    nfe = 0
+    Scale-out (a tensor ``data``):
+
+    * ``seed``: per-sample seeds; data point ``i``'s dequantization noise and probes depend on
+      ``(seed, i)`` only, so its result does not depend on the process that evaluates it.
+    * Under ``torchrun`` (an initialised process group) whole batches are dealt to the ranks
+      (:func:`scoresde.distributed.shard_batches`; needs ``seed``). No collective runs inside a
+      solve, so ranks taking different numbers of adaptive steps cannot deadlock; the results are
+      gathered once at the end, and every rank returns the whole set's evaluation. Within a batch
+      the adaptive path depends on the batch-mates within the tolerance (one step size per batch),
+      so results are identical for any number of processes, not for any batch size.
+    * ``out_dir``: resumable. Each finished batch is written there atomically; a run restarted
+      with the same arguments skips the batches on disk, so a killed evaluation recomputes and
+      loses nothing, and the result covers every data point exactly once. A folder holding another
+      run's results (other data, model, batch size or settings) is refused, naming what differs.
+    """
+    if not isinstance(data, Tensor):
+        if out_dir is not None or distributed_context()[1] > 1:
+            raise TypeError(f"out_dir and torchrun need data as one (n, *event) tensor, got {type(data).__name__}")
+        if not isinstance(data, Iterable):
+            raise TypeError(f"data must be a tensor or an iterable of batches, got {type(data).__name__}")
+        total = len(data) if hasattr(data, "__len__") else None  # type: ignore[arg-type]
+        batches = (batch[0] if isinstance(batch, (tuple, list)) else batch for batch in data)
+        results = _evaluate_batches(score_fn, sde, batches, total, num_bins, progress, seed, bpd_kwargs)
+        return _summary([r for r, _ in results], sum(n for _, n in results))
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if data.ndim < 2 or data.shape[0] == 0:
+        raise ValueError(f"data must be a non-empty (n, *event) tensor, got shape {tuple(data.shape)}")
+    rank, world_size = distributed_context()
+    if world_size > 1 and seed is None:
+        raise ValueError("evaluate_bpd under torchrun needs seed= (per-sample seeds), so that a batch's result "
+                         "does not depend on the rank that solves it")  # fmt: skip
+    num_batches = math.ceil(data.shape[0] / batch_size)
+    mine = shard_batches(num_batches, rank, world_size)
+    store = None if out_dir is None else _BatchStore(Path(out_dir), _run_record(score_fn, data, num_bins, batch_size,
+                                                                                 seed, bpd_kwargs))  # fmt: skip
+    todo = [b for b in mine if store is None or not store.has(b)]
+    batches = (data[b * batch_size : (b + 1) * batch_size] for b in todo)
+    offsets = (b * batch_size for b in todo)
+    results = _evaluate_batches(score_fn, sde, batches, len(todo), num_bins, progress and rank == 0, seed,
+                                bpd_kwargs, offsets, store, todo)  # fmt: skip
+    if store is not None:
+        if world_size > 1:
+            dist.barrier()  # once, after every rank's last solve
+        return _summary(*store.load_all(num_batches))
+    if world_size > 1:
+        gathered: list[Any] = [None] * world_size
+        dist.all_gather_object(gathered, [(b, r.cpu(), n) for b, (r, n) in zip(todo, results, strict=True)])
+        by_batch = sorted((b, r, n) for part in gathered for b, r, n in part)
+        return _summary([r for _, r, _ in by_batch], sum(n for _, _, n in by_batch))
+    return _summary([r for r, _ in results], sum(n for _, n in results))
+
+
+def _evaluate_batches(
+    score_fn: ScoreFn, sde: SDE, batches: Iterable[Tensor], total: int | None, num_bins: int, progress: bool,
+    seed: int | None, bpd_kwargs: dict[str, Any], offsets: Iterable[int] | None = None,
+    store: _BatchStore | None = None, numbers: Sequence[int] | None = None,
+) -> list[tuple[Tensor, int]]:
+    """``(per-sample bits/dim float64, nfe)`` per batch; with per-sample seeds the indices of a
+    batch start at its offset (a running count without ``offsets``); each result goes to ``store``."""
+    results: list[tuple[Tensor, int]] = []
+    offsets = iter(offsets) if offsets is not None else None
+    start = 0
     with progress_bar(total=total, enabled=progress, desc="bits/dim") as bar:  # type: ignore[arg-type]
-        for batch in batches:
-            x = batch[0] if isinstance(batch, (tuple, list)) else batch
-            result = bits_per_dim(score_fn, sde, x, num_bins=num_bins, **bpd_kwargs)
-            per_sample.append(result.bits_per_dim.detach().to(torch.float64))
-            nfe += result.nfe
+        for k, x in enumerate(batches):
+            start = next(offsets) if offsets is not None else start
+            per_sample = {} if seed is None else {"seed": seed, "sample_indices": torch.arange(start, start + len(x))}
+            result = bits_per_dim(score_fn, sde, x, num_bins=num_bins, **per_sample, **bpd_kwargs)
+            values = result.bits_per_dim.detach().to(torch.float64)
+            results.append((values, result.nfe))
+            if store is not None and numbers is not None:
+                store.save(numbers[k], values, result.nfe)
+            start += len(x)
             bar.update(1)
-            bar.set_postfix(bpd=f"{torch.cat(per_sample).mean().item():.4f}")
-    if not per_sample:
+            bar.set_postfix(bpd=f"{torch.cat([r for r, _ in results]).mean().item():.4f}")
+    return results
+
+
+def _summary(per_batch: Sequence[Tensor], nfe: int) -> BpdEvaluation:
+    if not per_batch:
         raise ValueError("data holds no batches")
-    values = torch.cat(per_sample)
+    values = torch.cat([v.cpu() for v in per_batch])
     n = values.numel()
     std_error = values.std().item() / math.sqrt(n) if n > 1 else math.nan
-    return BpdEvaluation(mean=values.mean().item(), std_error=std_error, num_samples=n, nfe=nfe)
+    return BpdEvaluation(mean=values.mean().item(), std_error=std_error, num_samples=n, nfe=nfe, bits_per_dim=values)
+
+
+def _fingerprint(tensors: Iterable[Tensor]) -> str:
+    digest = hashlib.sha256()
+    for tensor in tensors:
+        digest.update(str((tuple(tensor.shape), tensor.dtype)).encode())
+        digest.update(tensor.detach().cpu().contiguous().flatten().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _describe(value: Any) -> str:
+    """A stable description of a keyword argument for the run record (a function by its name)."""
+    if callable(value) and not isinstance(value, torch.nn.Module):
+        return getattr(value, "__qualname__", type(value).__name__)
+    return repr(value)
+
+
+def _run_record(
+    score_fn: ScoreFn, data: Tensor, num_bins: int, batch_size: int, seed: int | None, bpd_kwargs: dict[str, Any]
+) -> dict[str, Any]:
+    """What makes an evaluation the same run: its data, model, batching and settings."""
+    model = _fingerprint(score_fn.state_dict().values()) if isinstance(score_fn, torch.nn.Module) else None
+    settings = {key: _describe(value) for key, value in sorted(bpd_kwargs.items())}
+    return {"data": _fingerprint([data]), "num_samples": data.shape[0], "model": model, "num_bins": num_bins,
+            "batch_size": batch_size, "seed": seed, "settings": settings}  # fmt: skip
+
+
+class _BatchStore:
+    """One atomically written file per finished batch in ``folder``, beside ``run.json``, the
+    record of the run they belong to (written once, checked on every restart)."""
+
+    def __init__(self, folder: Path, record: dict[str, Any]) -> None:
+        if folder.exists() and not folder.is_dir():
+            raise ValueError(f"out_dir {folder} is a file, not a folder")
+        folder.mkdir(parents=True, exist_ok=True)
+        self.folder = folder
+        record_path = folder / "run.json"
+        if record_path.exists():
+            stored = json.loads(record_path.read_text())
+            differs = [key for key in record if stored.get(key) != record[key]]
+            if differs:
+                key = differs[0]
+                raise ValueError(
+                    f"out_dir {folder} holds another evaluation's results ({key}: {stored.get(key)!r} there, "
+                    f"{record[key]!r} here): use another folder; nothing was overwritten"
+                )
+        elif distributed_context()[0] == 0:
+            atomic_write_text(record_path, json.dumps(record, indent=1, sort_keys=True))
+
+    def _path(self, number: int) -> Path:
+        return self.folder / f"batch-{number:06d}.pt"
+
+    def has(self, number: int) -> bool:
+        return self._path(number).exists()
+
+    def save(self, number: int, values: Tensor, nfe: int) -> None:
+        atomic_write(self._path(number), lambda f: torch.save({"bits_per_dim": values.cpu(), "nfe": nfe}, f))
+
+    def load_all(self, num_batches: int) -> tuple[list[Tensor], int]:
+        missing = [b for b in range(num_batches) if not self.has(b)]
+        if missing:
+            raise RuntimeError(f"batches {missing[:5]} of {num_batches} are missing from {self.folder}")
+        loaded = [torch.load(self._path(b), weights_only=True) for b in range(num_batches)]
+        return [entry["bits_per_dim"] for entry in loaded], sum(entry["nfe"] for entry in loaded)

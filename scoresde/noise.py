@@ -57,11 +57,15 @@ def _uniform_open(bits: Tensor) -> Tensor:
 
 
 class Noise(ABC):
-    """A source of standard normal draws shaped like a state ``(batch, *event)``."""
+    """A source of standard normal and uniform draws shaped like a state ``(batch, *event)``."""
 
     @abstractmethod
     def randn_like(self, x: Tensor) -> Tensor:
         """A fresh standard normal tensor shaped like ``x``, in its dtype on its device."""
+
+    @abstractmethod
+    def rand_like(self, x: Tensor) -> Tensor:
+        """A fresh tensor of uniforms on ``[0, 1)`` shaped like ``x``, in its dtype on its device."""
 
     def randn(self, shape: Sequence[int], *, dtype: torch.dtype, device: torch.device | str | None) -> Tensor:
         """A fresh standard normal tensor of ``shape``, in ``dtype`` on ``device``."""
@@ -77,6 +81,9 @@ class BatchNoise(Noise):
     def randn_like(self, x: Tensor) -> Tensor:
         return torch.randn(x.shape, generator=self.generator, device=x.device, dtype=x.dtype)
 
+    def rand_like(self, x: Tensor) -> Tensor:
+        return torch.rand(x.shape, generator=self.generator, device=x.device, dtype=x.dtype)
+
 
 class SampleNoise(Noise):
     r"""Per-sample seeds: draw ``k`` of sample ``indices[b]`` is a function of ``(seed, indices[b], k)``.
@@ -86,9 +93,11 @@ class SampleNoise(Noise):
         indices: ``(batch,)`` the global index of each sample of the batch (default
             ``0..batch-1``, set by the first draw). Sample ``i`` of a run of 64 and sample ``i`` of
             a batch ``[i, ...]`` of another run with the same seed get the same noise.
+        stream: independent streams of one seed, for draws that must not share bits (e.g.
+            dequantization noise and Hutchinson probes of the same sample).
     """
 
-    def __init__(self, seed: int, indices: Tensor | Sequence[int] | None = None) -> None:
+    def __init__(self, seed: int, indices: Tensor | Sequence[int] | None = None, stream: int = 0) -> None:
         if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 1 << 63:
             raise ValueError(f"seed must be an int in [0, 2^63), got {seed!r}")
         if indices is not None:
@@ -98,8 +107,11 @@ class SampleNoise(Noise):
             if indices.numel() and (indices.min() < 0):
                 raise ValueError(f"indices must be >= 0, got {indices.tolist()}")
             indices = indices.to(torch.int64)
+        if not isinstance(stream, int) or isinstance(stream, bool) or stream < 0:
+            raise ValueError(f"stream must be an int >= 0, got {stream!r}")
         self.seed = seed
         self.indices = indices
+        self.stream = stream
         self.draws = 0
 
     def _keys(self, batch: int, device: torch.device) -> Tensor:
@@ -107,26 +119,32 @@ class SampleNoise(Noise):
             self.indices = torch.arange(batch)
         if self.indices.shape[0] != batch:
             raise ValueError(f"{self.indices.shape[0]} sample indices for a batch of {batch}")
-        base = _splitmix64(torch.tensor(self.seed, dtype=torch.int64, device=device), 0)
+        base = _splitmix64(torch.tensor(self.seed, dtype=torch.int64, device=device), self.stream)
         per_sample = _splitmix64(base, self.indices.to(device))  # a stream per sample ...
         return _splitmix64(per_sample, self.draws)  # ... and in it one per draw: (batch,)
 
-    def randn_like(self, x: Tensor) -> Tensor:
-        batch, size = x.shape[0], x[0].numel()
-        keys = self._keys(batch, x.device)
+    def _bits(self, x: Tensor, count: int) -> Tensor:
+        """``(batch, count)`` hashes for the next draw: the sample's stream at that draw."""
+        keys = self._keys(x.shape[0], x.device)
         self.draws += 1
+        return _splitmix64(keys[:, None], torch.arange(count, dtype=torch.int64, device=x.device))
+
+    def randn_like(self, x: Tensor) -> Tensor:
+        size = x[0].numel()
         half = (size + 1) // 2  # Box-Muller gives two normals per pair of uniforms
-        counter = torch.arange(half, dtype=torch.int64, device=x.device)
-        h1 = _splitmix64(keys[:, None], 2 * counter)
-        h2 = _splitmix64(keys[:, None], 2 * counter + 1)
-        radius = (-2 * _uniform_open(h1).log()).sqrt()
-        angle = (2 * math.pi) * _uniform_open(h2)
+        u1, u2 = _uniform_open(self._bits(x, 2 * half)).view(x.shape[0], half, 2).unbind(-1)
+        radius, angle = (-2 * u1.log()).sqrt(), (2 * math.pi) * u2
         z = torch.cat([radius * angle.cos(), radius * angle.sin()], dim=1)[:, :size]
         return z.reshape(x.shape).to(x.dtype)
 
+    def rand_like(self, x: Tensor) -> Tensor:
+        u = _uniform_open(self._bits(x, x[0].numel())) - 2.0**-54  # the 2^53 points k 2^-53, k < 2^53
+        below_one = 1 - torch.finfo(x.dtype).eps / 2  # float32 would round the top ones up to 1
+        return u.reshape(x.shape).to(x.dtype).clamp(max=below_one)
+
 
 def noise_source(
-    generator: torch.Generator | None, seed: int | None, indices: Tensor | Sequence[int] | None
+    generator: torch.Generator | None, seed: int | None, indices: Tensor | Sequence[int] | None, stream: int = 0
 ) -> Noise:
     """The noise a sampler draws from: per-sample seeds if ``seed`` is given (then no ``generator``),
     else ``generator``'s. ``indices`` need a ``seed``."""
@@ -136,4 +154,4 @@ def noise_source(
         return BatchNoise(generator)
     if generator is not None:
         raise ValueError("give generator or seed (per-sample seeds), not both")
-    return SampleNoise(seed, indices)
+    return SampleNoise(seed, indices, stream)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -39,6 +38,7 @@ from scoresde._atomic import atomic_write, atomic_write_text, remove_stale_tempo
 from scoresde.checkpoint import check_plain, checkpoint_mismatch, load_checkpoint, save_checkpoint
 from scoresde.data import ImageData
 from scoresde.discrete_data import BpdEvaluation, evaluate_bpd
+from scoresde.distributed import distributed_context, resolve_device
 from scoresde.flow_matching import COUPLINGS, flow_matching_loss
 from scoresde.losses import TIME_SAMPLINGS, WEIGHTINGS, dsm_loss
 from scoresde.progress import progress_bar
@@ -52,10 +52,7 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "Trainer",
-    "distributed_context",
     "fit",
-    "init_distributed",
-    "resolve_device",
 ]
 
 BatchSource = Tensor | tuple[Tensor, Tensor] | Callable[[int, torch.Generator], Tensor | tuple[Tensor, Tensor]]
@@ -165,45 +162,6 @@ def fit(
 
 
 # ----------------------------------------------------------------------------- devices and ranks
-
-
-def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """``"auto"`` (or ``None``): ``cuda:LOCAL_RANK`` if CUDA is available, else CPU; otherwise
-    the named device, which must exist."""
-    if device is None or device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        return torch.device("cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}") from None
-    if resolved.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {device!r} requested but CUDA is not available")
-        if resolved.index is None:
-            resolved = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return resolved
-
-
-def distributed_context() -> tuple[int, int]:
-    """``(rank, world_size)`` of the initialised process group, ``(0, 1)`` without one."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def init_distributed(device: torch.device) -> bool:
-    """Join the process group that ``torchrun`` describes in the environment (``WORLD_SIZE`` >
-    1): NCCL on CUDA, gloo on CPU. Returns whether a group is active."""
-    if dist.is_initialized():
-        return True
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return False
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return True
 
 
 def _stream_seed(seed: int, rank: int, stream: int) -> int:
