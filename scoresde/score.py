@@ -10,7 +10,12 @@ related by (Tweedie: :math:`E[x_0 \mid x_t] = (x_t + \sigma^2 s)/\alpha`):
   :math:`s = -(\sigma x_t + \alpha \hat v) / (\sigma(\alpha^2 + \sigma^2))`.
 
 Each adapter is an ``nn.Module`` wrapping ``net(x, t)`` (same shape out as in, ``t`` a
-``(batch,)`` tensor in the time dtype) so its parameters train and save with it.
+``(batch,)`` tensor in the time dtype) so its parameters train and save with it. A
+class-conditional network (``net(x, t, y)`` with a ``num_classes`` attribute, e.g.
+``MLP(..., num_classes=K)``) makes a conditional score model: ``model(x, t, y)`` is
+:math:`\nabla\log p_t(x \mid y)`, and ``model(x, t)`` (or ``y = null_label``) the unconditional score
+it learns from dropped labels (:func:`~scoresde.dsm_loss` ``labels=``; classifier-free guidance,
+:mod:`scoresde.guidance`).
 """
 
 from __future__ import annotations
@@ -38,9 +43,26 @@ class ScoreModel(nn.Module):
             append_dims(self.sde.sigma(t), x.ndim).to(x.dtype),
         )
 
-    def forward(self, x: Tensor, t: TimeLike) -> Tensor:
+    @property
+    def num_classes(self) -> int | None:
+        """The network's number of classes (``None``: an unconditional model)."""
+        return getattr(self.net, "num_classes", None)
+
+    @property
+    def null_label(self) -> int:
+        """The label meaning "no class" (``num_classes``) of a conditional model."""
+        if self.num_classes is None:
+            raise AttributeError(f"this {type(self).__name__} is not class-conditional (num_classes=None)")
+        return self.num_classes
+
+    def forward(self, x: Tensor, t: TimeLike, y: Tensor | None = None) -> Tensor:
+        """The score at ``x`` ``(batch, *event)``, time ``t``, and for a conditional model labels ``y``
+        ``(batch,)`` (``None``: the null label, the unconditional score)."""
         t = self.sde.step_time(t, x)
-        out = self.net(x, t)
+        if y is not None and self.num_classes is None:
+            raise ValueError(f"labels y were given but this {type(self).__name__} is unconditional "
+                             f"({type(self.net).__name__} has no num_classes)")  # fmt: skip
+        out = self.net(x, t) if y is None else self.net(x, t, y)
         if out.shape != x.shape:
             raise ValueError(f"net output shape {tuple(out.shape)} differs from input shape {tuple(x.shape)}")
         return self.to_score(out, x, t)

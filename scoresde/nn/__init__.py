@@ -1,7 +1,7 @@
 """Reference score networks."""
 
-from scoresde.nn.embeddings import GaussianFourierEmbedding, SinusoidalEmbedding
-from scoresde.nn.mlp import MLP
+from scoresde.nn.embeddings import GaussianFourierEmbedding, LabelEmbedding, SinusoidalEmbedding
+from scoresde.nn.mlp import MLP, ClassifierMLP
 from scoresde.nn.unet import UNet
 
-__all__ = ["MLP", "UNet", "GaussianFourierEmbedding", "SinusoidalEmbedding"]
+__all__ = ["MLP", "ClassifierMLP", "UNet", "GaussianFourierEmbedding", "LabelEmbedding", "SinusoidalEmbedding"]

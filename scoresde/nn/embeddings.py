@@ -1,4 +1,5 @@
-r"""Time embeddings: a scalar ``t`` per sample -> a ``(batch, dim)`` feature vector."""
+r"""Time embeddings: a scalar ``t`` per sample -> a ``(batch, dim)`` feature vector; the label
+embedding of class-conditional networks."""
 
 from __future__ import annotations
 
@@ -48,3 +49,34 @@ def time_embedding(kind: str, dim: int) -> nn.Module:
     if kind == "sinusoidal":
         return SinusoidalEmbedding(dim)
     raise ValueError(f"time embedding must be 'fourier' or 'sinusoidal', got {kind!r}")
+
+
+class LabelEmbedding(nn.Embedding):
+    """``num_classes + 1`` learned vectors: one per class and the last for the null label
+    (``num_classes``, "no label"), the unconditional model that classifier-free guidance contrasts with.
+    A network trained with label dropout learns both from one set of weights."""
+
+    def __init__(self, num_classes: int, dim: int) -> None:
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes must be a positive int or None, got {num_classes!r}")
+        super().__init__(num_classes + 1, dim)
+        self.num_classes = num_classes
+
+    def labels(self, y: Tensor | None, batch: int, device: torch.device) -> Tensor:
+        """``y`` checked to be ``(batch,)`` integer labels (metadata only), or all null for ``None``."""
+        if y is None:
+            return torch.full((batch,), self.num_classes, dtype=torch.long, device=device)
+        if not isinstance(y, Tensor) or y.shape != (batch,) or y.is_floating_point() or y.dtype == torch.bool:
+            got = f"{y.dtype} {tuple(y.shape)}" if isinstance(y, Tensor) else type(y).__name__
+            raise ValueError(f"y must be (batch,) integer labels, batch={batch}; got {got}")
+        return y
+
+
+def add_label(emb: Tensor, embedding: LabelEmbedding | None, y: Tensor | None, owner: str) -> Tensor:
+    """``emb`` plus the embedding of labels ``y`` (``None``: the null label) for a class-conditional
+    network; an unconditional one (``embedding=None``) refuses labels, naming ``owner``."""
+    if embedding is None:
+        if y is not None:
+            raise ValueError(f"labels y were given but this {owner} is not class-conditional (num_classes=None)")
+        return emb
+    return emb + embedding(embedding.labels(y, emb.shape[0], emb.device)).to(emb.dtype)

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from scoresde.nn.embeddings import time_embedding
+from scoresde.nn.embeddings import LabelEmbedding, add_label, time_embedding
 
 _SQRT_HALF = 1 / math.sqrt(2)
 
@@ -161,8 +161,7 @@ class UNet(nn.Module):
             time_embedding(embedding, channels), nn.Linear(channels, embed_dim), nn.SiLU(),
             nn.Linear(embed_dim, embed_dim),
         )  # fmt: skip
-        # one extra row for the null label
-        self.class_embed = nn.Embedding(num_classes + 1, embed_dim) if num_classes is not None else None
+        self.class_embed = LabelEmbedding(num_classes, embed_dim) if num_classes is not None else None
 
         def block(cin: int, cout: int, level: int) -> nn.ModuleList:
             layers: list[nn.Module] = [ResBlock(cin, cout, embed_dim, dropout)]
@@ -207,16 +206,7 @@ class UNet(nn.Module):
     def _embedding(self, t: Tensor, y: Tensor | None, batch: int, like: Tensor) -> Tensor:
         if t.shape != (batch,):
             raise ValueError(f"t must be a (batch,) tensor with batch={batch}, got shape {tuple(t.shape)}")
-        emb = self.time_embed(t)
-        if self.class_embed is not None:
-            if y is None:
-                y = torch.full((batch,), self.null_label, dtype=torch.long, device=like.device)
-            elif y.shape != (batch,) or y.is_floating_point():
-                raise ValueError(f"y must be (batch,) integer labels, batch={batch}; got {y.dtype} {tuple(y.shape)}")
-            emb = emb + self.class_embed(y)
-        elif y is not None:
-            raise ValueError("labels y were given but this UNet is not class-conditional (num_classes=None)")
-        return emb.to(like.dtype)
+        return add_label(self.time_embed(t), self.class_embed, y, "UNet").to(like.dtype)
 
     def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         if x.ndim != 4 or x.shape[1] != self.in_channels:
