@@ -120,7 +120,7 @@ def straightness(model: ScoreFn, sde: LinearSDE, x_init: Tensor, *, num_steps: i
     :class:`~scoresde.FlowVelocity` or any score function; the velocity is the probability-flow one,
     :math:`dx/dt = v` for a flow model) along the trajectories from ``x_init`` ``(batch, *event)`` at
     ``T`` to ``t_min``: Heun on ``num_steps`` uniform steps, then the trapezoidal rule over the
-    velocities at the grid points (``2 num_steps + 1`` evaluations)."""
+    velocities at the grid points (``3 num_steps`` evaluations: Heun's last step is Euler)."""
     if not isinstance(sde, LinearSDE):
         raise TypeError(f"straightness needs a LinearSDE (a Gaussian path), got {type(sde).__name__}")
     if not isinstance(num_steps, int) or num_steps < 2:
