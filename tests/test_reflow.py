@@ -17,10 +17,22 @@ def test_straightness_is_zero_for_straight_flows_and_positive_otherwise():
     point = sd.GaussianMixture(torch.tensor([[1.0, -0.5]]), torch.zeros(1, 2))  # straight paths
     s = straightness(point.score_fn(path), path, z, num_steps=20)
     assert s.value < 1e-20 and s.nfe == 3 * 20
-    # a Gaussian of variance 0.1 on the VP SDE: straight lines through 0, but at varying speed
+    # a Gaussian of variance 0.1 on the VP SDE: x_t = r(t) x_T, r = s_t/s_T, s_t^2 = 0.1 alpha^2 + sigma^2,
+    # straight lines through 0 at varying speed: S = ||x_T||^2 mean((r' - c)^2), c the chord's speed
+    vp = sd.VPSDE()
     narrow = sd.GaussianMixture(torch.zeros(1, 2), 0.1 * torch.ones(1, 2))
-    curved = straightness(narrow.score_fn(sd.VPSDE()), sd.VPSDE(), z)
-    assert curved.value > 100 * curved.standard_error > 0
+    got = straightness(narrow.score_fn(vp), vp, z, num_steps=400)
+    t = torch.linspace(vp.t_min, vp.T, 200_001, dtype=torch.float64)
+
+    def r(t):
+        s_T = (0.1 * vp.alpha(vp.T) ** 2 + vp.sigma(vp.T) ** 2).sqrt()
+        return (0.1 * vp.alpha(t).square() + vp.sigma(t).square()).sqrt() / s_T
+
+    dr = torch.func.jvp(r, (t,), (torch.ones_like(t),))[1]
+    chord = (r(t[-1]) - r(t[0])) / (vp.T - vp.t_min)
+    exact = torch.trapezoid((dr - chord).square(), t) / (vp.T - vp.t_min) * z.square().sum(1)
+    torch.testing.assert_close(got.per_sample, exact, rtol=2e-3, atol=0)
+    assert got.value > 0.5
 
 
 def test_coupling_noise_puts_the_start_on_the_path():
