@@ -32,7 +32,8 @@ from scoresde.checkpoint import load_checkpoint
 from scoresde.config import DEFAULT_CONFIG, build_trainer, load_config, load_data, load_run
 from scoresde.data import to_levels
 from scoresde.demo import digits_demo, toy_demo
-from scoresde.distributed import distributed_context, resolve_device
+from scoresde.distributed import distributed_context, init_distributed, resolve_device, sample_in_shards
+from scoresde.solvers import METHODS
 from scoresde.train import TrainConfig, Trainer
 
 # ----------------------------------------------------------------------------- train
@@ -146,16 +147,22 @@ _DEFAULT_METHODS = {"ode": "dopri5", "sde": "euler_maruyama"}
 
 def draw_samples(
     model: torch.nn.Module, sde: sd.LinearSDE, shape: tuple[int, ...], *, sampler: str, num_steps: int | None,
-    method: str | None, snr: float, corrector: str, rtol: float, generator: torch.Generator, device: torch.device,
+    method: str | None, snr: float, corrector: str, rtol: float, seed: int, sample_indices: torch.Tensor | None,
+    device: torch.device,
 ) -> sd.SampleResult:  # fmt: skip
     """One call to ``sample_pc`` / ``sample_ode`` / ``sample_sde`` with the command's defaults:
     PC = reverse diffusion + Langevin, 500 steps; ODE = dopri5 (``rtol = atol``); both end at
-    t = 1e-3 with a denoising step (Song et al.); SDE = Euler–Maruyama, 1000 steps."""
+    t = 1e-3 with a denoising step (Song et al.); SDE = Euler–Maruyama, 1000 steps. Noise from
+    per-sample seeds (``seed``, ``sample_indices``), except torchsde's methods (a seed per batch)."""
     if sampler not in ("pc", "ode", "sde"):
         raise ValueError(f"sampler must be pc, ode or sde, got {sampler!r}")
     num_steps = _DEFAULT_STEPS.get(sampler) if num_steps is None else num_steps
     method = method or _DEFAULT_METHODS.get(sampler)
-    common = {"generator": generator, "device": device}
+    common: dict[str, Any] = {"seed": seed, "sample_indices": sample_indices, "device": device}
+    if sampler == "sde" and METHODS.get(method or "") is not None and METHODS[method].runner == "torchsde":
+        # torchsde's Brownian motion is one per batch: a seed per batch (by its first index) instead
+        first = 0 if sample_indices is None else int(sample_indices[0])
+        common = {"generator": torch.Generator(device).manual_seed(seed * 1_000_003 + first), "device": device}
     with torch.no_grad():
         if sampler == "pc":
             return sd.sample_pc(model, sde, shape, num_steps=num_steps, snr=snr, t_end=1e-3,
@@ -194,21 +201,28 @@ def _sample_stem(settings: dict[str, Any], step: int) -> str:
 def _sample(args: argparse.Namespace) -> None:
     out = check_output_folder(args.out or Path(args.checkpoint).parent / "samples", "--out")
     device = resolve_device(args.device)
+    init_distributed(device)  # under torchrun: batches dealt to the ranks, rank 0 writes
     run = load_run(args.checkpoint, device, ema=not args.no_ema)
     settings = _sample_settings(args)
     stem = out / _sample_stem(settings, run.step)
     for path in _sample_paths(stem):
         check_output_file(path, "--out")
-    gen = torch.Generator(device).manual_seed(args.seed)
-    result = draw_samples(
-        run.model, run.sde, (args.num, *run.event_shape), sampler=args.sampler, num_steps=args.steps,
-        method=args.method, snr=args.snr, corrector=args.corrector, rtol=args.rtol, generator=gen, device=device,
-    )  # fmt: skip
-    levels = to_levels(result.x, run.num_levels)
+
+    def draw(indices: torch.Tensor) -> sd.SampleResult:
+        return draw_samples(
+            run.model, run.sde, (len(indices), *run.event_shape), sampler=args.sampler, num_steps=args.steps,
+            method=args.method, snr=args.snr, corrector=args.corrector, rtol=args.rtol, seed=args.seed,
+            sample_indices=indices, device=device,
+        )  # fmt: skip
+
+    x, nfe = sample_in_shards(draw, args.num, args.batch_size)
+    if distributed_context()[0] != 0:
+        return
+    levels = to_levels(x, run.num_levels)
     png, tensors = _save_samples(levels, run.num_levels, stem)
-    record = {"x": result.x.cpu(), "levels": levels.cpu(), "nfe": result.nfe, "step": run.step, **settings}
+    record = {"x": x, "levels": levels.cpu(), "nfe": nfe, "step": run.step, **settings}
     atomic_write(tensors, lambda f: torch.save(record, f))
-    print(f"{args.num} samples ({args.sampler}, NFE {result.nfe}) from step {run.step}: {png}, {tensors}")
+    print(f"{args.num} samples ({args.sampler}, NFE {nfe}) from step {run.step}: {png}, {tensors}")
 
 
 def _sample_paths(stem: Path) -> tuple[Path, Path]:
@@ -230,6 +244,7 @@ def _save_samples(levels: torch.Tensor, num_levels: int, stem: Path) -> tuple[Pa
 def _likelihood(args: argparse.Namespace) -> None:
     json_path = check_output_file(args.json, "--json") if args.json else None
     device = resolve_device(args.device)
+    init_distributed(device)  # under torchrun: batches dealt to the ranks, rank 0 reports
     run = load_run(args.checkpoint, device, ema=not args.no_ema)
     data = load_data(run.config["data"], args.split)
     if args.num_images is not None:
@@ -238,9 +253,11 @@ def _likelihood(args: argparse.Namespace) -> None:
     result = sd.evaluate_bpd(
         run.model, run.sde, data.levels.to(device), num_bins=data.num_levels, transform=data.transform,
         batch_size=args.batch_size, divergence=args.divergence, num_probes=args.num_probes, rtol=args.rtol,
-        atol=args.rtol, generator=torch.Generator(device).manual_seed(args.seed),
+        atol=args.rtol, seed=args.seed, out_dir=args.resume_dir, progress=args.progress,
     )  # fmt: skip
     seconds = time.perf_counter() - start
+    if distributed_context()[0] != 0:
+        return
     print(
         f"{args.split} bits/dim: {result.mean:.4f} ± {result.std_error:.4f} (standard error; "
         f"{result.num_samples} images, {args.divergence} divergence, NFE {result.nfe}, {seconds:.0f} s; "
@@ -323,7 +340,11 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--steps", type=_positive_int, help="steps (default PC 500, SDE 1000; adaptive ODE: none)")
     sample.add_argument("--snr", type=float, default=0.16, help="Langevin corrector signal-to-noise ratio")
     sample.add_argument("--corrector", default="langevin", help="langevin, annealed_langevin or none")
-    sample.add_argument("--num", type=_positive_int, default=64, help="number of samples")
+    sample.add_argument("--num", "--num-samples", dest="num", type=_positive_int, default=64,
+                        help="number of samples (under torchrun spell it --num-samples: torchrun reads --num as its "
+                             "own --numa-binding)")  # fmt: skip
+    sample.add_argument("--batch-size", type=_positive_int, default=64,
+                        help="samples per batch (batches are cut by index and dealt to torchrun's ranks)")  # fmt: skip
     sample.add_argument("--out", help="output folder (default: samples/ beside the checkpoint); the files are "
                                       "named after every setting that changes them, e.g. "
                                       "pc-langevin-snr0.16-500steps-n64-seed0-ckpt2000.png and .pt, so runs "
@@ -343,6 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
     likelihood.add_argument("--num-images", type=_positive_int, help="the first N images of the split (default all)")
     likelihood.add_argument("--batch-size", type=_positive_int, default=128)
     likelihood.add_argument("--json", help="also write the result to this JSON file")
+    likelihood.add_argument("--resume-dir", help="write each finished batch here; a restart with the same arguments "
+                                                 "skips them (a killed evaluation loses nothing)")  # fmt: skip
+    likelihood.add_argument("--progress", action=argparse.BooleanOptionalAction, default=False)
     likelihood.set_defaults(func=_likelihood, on_interrupt="nothing was written")
 
     demo = sub.add_parser("demo", help="train on the bundled digits, sample, evaluate, write a report")

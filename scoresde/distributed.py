@@ -4,12 +4,16 @@ are dealt to the ranks."""
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import Tensor
 
-__all__ = ["distributed_context", "init_distributed", "resolve_device", "shard_batches"]
+__all__ = ["distributed_context", "init_distributed", "resolve_device", "sample_in_shards", "shard_batches"]
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -61,3 +65,22 @@ def shard_batches(num_batches: int, rank: int, world_size: int) -> range:
             "or a smaller batch size"
         )
     return range(rank, num_batches, world_size)
+
+
+def sample_in_shards(draw: Callable[[Tensor], Any], num: int, batch_size: int) -> tuple[Tensor, int]:
+    """Samples ``0..num-1`` in batches of ``batch_size`` by index, whole batches dealt to the ranks:
+    ``draw(indices)`` returns the batch's result (``.x``, ``.nfe``), e.g. a sampler called with
+    per-sample seeds and ``sample_indices=indices``, so sample ``i`` does not depend on the number of
+    processes. Returns every sample in index order (on every rank) and the total NFE; the ranks meet
+    once, after their last batch."""
+    rank, world_size = distributed_context()
+    batches = shard_batches(math.ceil(num / batch_size), rank, world_size)
+    mine = []
+    for b in batches:
+        result = draw(torch.arange(b * batch_size, min(num, (b + 1) * batch_size)))
+        mine.append((b, result.x.cpu(), result.nfe))
+    if world_size > 1:
+        gathered: list[Any] = [None] * world_size
+        dist.all_gather_object(gathered, mine)
+        mine = sorted(part for rank_parts in gathered for part in rank_parts)
+    return torch.cat([x for _, x, _ in mine]), sum(nfe for _, _, nfe in mine)

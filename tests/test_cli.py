@@ -216,7 +216,7 @@ def test_bad_flag_is_one_line(capsys):
         ("[optim]\nlr = 1\n", [], "unknown config section 'optim'"),
         ("[train]\nsteps = 'many'\n", [], "config key train.steps must be int, got 'many'"),
         ("[train\n", [], "is not valid TOML"),
-        ("", ["--sde", "ou"], "config key sde.name must be 'vp', 'subvp' or 've', got 'ou'"),
+        ("", ["--sde", "ou"], "config key sde.name must be 'vp', 'subvp', 've', 'linear_path' or 'cosine_path', got 'ou'"),
         ("", ["--steps", "0"], "steps must be an int >= 1, got 0"),
         ("", ["--device", "tpu"], "device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got 'tpu'"),
         ("", ["--channel-mults", "1,2,2,2,2"], "do not fit 5 U-Net levels"),
@@ -452,3 +452,40 @@ def test_a_diverging_run_is_one_line_and_names_steps_as_the_log_does(run_dir, tm
     assert len(err) == 1 and f"resume from the previous one, {out / 'checkpoint-previous.pt'} (step 1)," in err[0]
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2]
+
+
+def _torchrun_cli(args: list[str], nproc: int) -> None:
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "scoresde.cli", *args]  # fmt: skip
+    done = subprocess.run(command, env=env, cwd=root, capture_output=True, text=True, timeout=200)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+
+
+@pytest.mark.timeout(300)
+def test_sample_and_likelihood_under_torchrun_match_one_process(run_dir, tmp_path):
+    """torchrun --nproc_per_node=2 (gloo): the same samples, bit for bit (batches cut by index,
+    per-sample seeds), and the same per-image bits/dim, written once by rank 0; a second
+    likelihood run over the same --resume-dir recomputes nothing and reports the same."""
+    checkpoint = str(run_dir / "run" / "checkpoint.pt")
+    sample = ["sample", "--checkpoint", checkpoint, "--sampler", "ode", "--method", "dpmpp_2m", "--steps", "4",
+              "--num-samples", "6", "--batch-size", "2", "--device", "cpu"]  # fmt: skip
+    assert main([*sample, "--out", str(tmp_path / "one")]) == 0
+    _torchrun_cli([*sample, "--out", str(tmp_path / "two")], 2)
+    (one,), (two,) = (list((tmp_path / name).glob("*.pt")) for name in ("one", "two"))
+    assert one.name == two.name
+    assert torch.equal(torch.load(one, weights_only=True)["x"], torch.load(two, weights_only=True)["x"])
+    likelihood = ["likelihood", "--checkpoint", checkpoint, "--num-images", "4", "--batch-size", "2", "--rtol", "1e-2",
+                  "--device", "cpu"]  # fmt: skip
+    assert main([*likelihood, "--json", str(tmp_path / "one.json")]) == 0
+    resume = ["--resume-dir", str(tmp_path / "batches")]
+    _torchrun_cli([*likelihood, *resume, "--json", str(tmp_path / "two.json")], 2)
+    _torchrun_cli([*likelihood, *resume, "--json", str(tmp_path / "again.json")], 2)
+    one_json, two_json, again = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two", "again"))
+    assert two_json["bpd"] == one_json["bpd"] and two_json["nfe"] == one_json["nfe"]
+    assert again["bpd"] == one_json["bpd"] and len(list((tmp_path / "batches").glob("batch-*.pt"))) == 2
