@@ -4,7 +4,7 @@ Forward SDEs with closed-form marginals, an exact Gaussian-mixture oracle, score
 adapters, denoising score matching, samplers and likelihoods.
 """
 
-from scoresde import analytic, data, nn
+from scoresde import analytic, data, guidance, nn
 from scoresde.analytic import GaussianMixture
 from scoresde.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from scoresde.data import ImageData, load_digits, load_images
@@ -19,6 +19,7 @@ from scoresde.discrete_data import (
 )
 from scoresde.flow_matching import flow_matching_loss, ot_coupling
 from scoresde.grid_tuning import tune_time_grid
+from scoresde.guidance import ClassifierFreeGuidance, ClassifierGuidance, NoisyClassifier, RePaint, Replacement, inpaint
 from scoresde.likelihood import (
     DecodeResult,
     EncodeResult,
@@ -43,7 +44,7 @@ from scoresde.sde import SDE, VESDE, VPSDE, LinearSDE, ProbabilityFlowODE, Rever
 from scoresde.sde.paths import CosinePath, GaussianPath, LinearPath
 from scoresde.solvers import NonFiniteError
 from scoresde.timesteps import check_time_grid, time_grid
-from scoresde.train import FitResult, TrainConfig, Trainer, TrainResult, fit
+from scoresde.train import FitResult, TrainConfig, Trainer, TrainResult, fit, fit_classifier
 from scoresde.velocity import FlowVelocity
 
 __version__ = "0.1.0"
@@ -82,6 +83,7 @@ __all__ = [
     "ot_coupling",
     "dsm_loss",
     "fit",
+    "fit_classifier",
     "FitResult",
     "TrainConfig",
     "Trainer",
@@ -122,4 +124,11 @@ __all__ = [
     "mmd",
     "frechet_distance",
     "digits_frechet_distance",
+    "guidance",
+    "ClassifierFreeGuidance",
+    "ClassifierGuidance",
+    "NoisyClassifier",
+    "Replacement",
+    "RePaint",
+    "inpaint",
 ]

@@ -384,6 +384,7 @@ def inpaint(
     num_samples: int | None = None,
     method: str = "replacement",
     sampler: str = "pc",
+    ode_method: str = "heun",
     resample: int = 10,
     **sampler_kwargs: Any,
 ) -> SampleResult:
@@ -396,8 +397,8 @@ def inpaint(
             ``num_samples`` completions of it); only its values under ``mask`` are read.
         method: ``"replacement"`` (:class:`Replacement`) or ``"repaint"`` (:class:`RePaint`, with
             ``resample``; ``sampler="pc"`` or a one-step ODE method).
-        sampler: ``"pc"`` (:func:`~scoresde.sample_pc`) or ``"ode"`` (:func:`~scoresde.sample_ode`,
-            a fixed-step ``method`` through ``sampler_kwargs``, default ``"heun"``).
+        sampler: ``"pc"`` (:func:`~scoresde.sample_pc`) or ``"ode"`` (:func:`~scoresde.sample_ode`
+            with the fixed-step ``ode_method``).
         sampler_kwargs: passed to the sampler (``num_steps``, ``generator``, ``seed``, ``corrector``, ...).
 
     Returns:
@@ -418,7 +419,7 @@ def inpaint(
     elif num_samples is not None and num_samples != observed.shape[0]:
         raise ValueError(f"num_samples={num_samples} differs from the {observed.shape[0]} observed samples")
     hook = RePaint(sde, mask, observed, resample=resample) if method == "repaint" else Replacement(sde, mask, observed)
-    for name in ("shape", "x_init", "step_hook"):
+    for name in ("shape", "x_init", "step_hook", "method"):
         if name in sampler_kwargs:
             raise ValueError(f"inpaint sets {name} itself (from observed): drop it")
     shape = tuple(observed.shape)
@@ -427,7 +428,6 @@ def inpaint(
     if sampler == "pc":
         result = sample_pc(score_fn, sde, shape, step_hook=hook, **sampler_kwargs)
     else:
-        sampler_kwargs.setdefault("method", "heun")
-        result = sample_ode(score_fn, sde, shape, step_hook=hook, **sampler_kwargs)
+        result = sample_ode(score_fn, sde, shape, method=ode_method, step_hook=hook, **sampler_kwargs)
     result.x = hook.finish(result.x)
     return result

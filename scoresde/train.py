@@ -40,6 +40,7 @@ from scoresde.data import ImageData
 from scoresde.discrete_data import BpdEvaluation, evaluate_bpd
 from scoresde.distributed import distributed_context, resolve_device
 from scoresde.flow_matching import COUPLINGS, flow_matching_loss
+from scoresde.guidance import NoisyClassifier, check_labels, classifier_loss
 from scoresde.losses import TIME_SAMPLINGS, WEIGHTINGS, dsm_loss
 from scoresde.progress import progress_bar
 from scoresde.sample import sample_ode
@@ -138,15 +139,24 @@ def fit(
             f"data must be a tensor or a callable (batch_size, generator) -> batch, got {type(data).__name__}"
         )
 
+    def step_loss() -> Tensor:
+        batch = draw(batch_size, generator)
+        return _objective_loss(objective, model, sde, batch, weighting=weighting, time_sampling=time_sampling,
+                               coupling=coupling, generator=generator)  # fmt: skip
+
+    return _adam_loop(model, step_loss, steps, lr, progress, "fit")
+
+
+def _adam_loop(model: nn.Module, step_loss: Callable[[], Tensor], steps: int, lr: float, progress: bool,
+               desc: str) -> FitResult:  # fmt: skip
+    """``steps`` Adam steps on ``step_loss()`` (a fresh batch each call), cosine-annealed learning rate."""
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
     result = FitResult()
     model.train()
-    with progress_bar(total=steps, enabled=progress, desc="fit") as bar:
+    with progress_bar(total=steps, enabled=progress, desc=desc) as bar:
         for _ in range(steps):
-            batch = draw(batch_size, generator)
-            loss = _objective_loss(objective, model, sde, batch, weighting=weighting, time_sampling=time_sampling,
-                                   coupling=coupling, generator=generator)  # fmt: skip
+            loss = step_loss()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -159,6 +169,44 @@ def fit(
             bar.set_postfix(loss=f"{value:.4f}", refresh=False)
     model.eval()
     return result
+
+
+def fit_classifier(
+    classifier: NoisyClassifier,
+    data: Tensor,
+    labels: Tensor,
+    *,
+    steps: int = 1000,
+    batch_size: int = 256,
+    lr: float = 2e-3,
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+) -> FitResult:
+    r"""Train a noisy classifier :math:`p_\phi(y \mid x_t, t)` for classifier guidance: ``steps`` Adam steps
+    on :func:`~scoresde.guidance.classifier_loss` (cross-entropy on data perturbed by the classifier's own
+    SDE at :math:`t \sim U[t_{min}, T]`), batches drawn with replacement from ``data`` ``(n, *event)`` and
+    ``labels`` ``(n,)`` row for row, the learning rate cosine-annealed. ``generator`` drives batches,
+    times and noise."""
+    if not isinstance(classifier, NoisyClassifier):
+        raise TypeError(f"classifier must be a NoisyClassifier (it knows its SDE), got {type(classifier).__name__}")
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if not isinstance(data, Tensor) or data.ndim < 2 or data.shape[0] == 0 or not torch.isfinite(data).all():
+        raise ValueError("data must be a finite (n, *event) tensor with n >= 1")
+    if not isinstance(labels, Tensor) or labels.shape != (data.shape[0],):
+        got = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__
+        raise ValueError(f"labels must be ({data.shape[0]},), one per row of data, got {got}")
+    labels = check_labels(labels, classifier.num_classes)
+
+    def step_loss() -> Tensor:
+        idx = torch.randint(data.shape[0], (batch_size,), generator=generator,
+                            device=generator.device if generator is not None else "cpu")  # fmt: skip
+        idx = idx.to(data.device)
+        return classifier_loss(classifier, data[idx], labels.to(data.device)[idx], generator=generator)
+
+    return _adam_loop(classifier, step_loss, steps, lr, progress, "fit_classifier")
 
 
 # ----------------------------------------------------------------------------- devices and ranks
