@@ -99,7 +99,7 @@ def test_samples_with_other_settings_do_not_overwrite_each_other(run_dir, tmp_pa
     ("flags", "message"),
     [(["--steps", "0"], "argument --steps: must be a positive int, got 0"),
      (["--sampler", "sde", "--steps", "-3"], "argument --steps: must be a positive int, got -3"),
-     (["--num", "0"], "argument --num: must be a positive int, got 0"),
+     (["--num", "0"], "argument --num/--num-samples: must be a positive int, got 0"),
      (["--steps", "1.5"], "argument --steps: expected a positive int, got '1.5'")],
 )  # fmt: skip
 def test_sample_steps_and_num_must_be_positive(run_dir, tmp_path, capsys, flags, message):
