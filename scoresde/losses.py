@@ -8,6 +8,18 @@ with weighting :math:`\lambda(t) = \sigma_t^2` (``"sigma2"``, Song et al.'s defa
 noise-prediction loss), :math:`g(t)^2` (``"likelihood"``: the bound on the negative
 log-likelihood of Song et al. 2021b) or 1 (``"none"``).
 
+DDPM's parameterised losses (``target=``) are the same residual under other weights. With
+:math:`\hat\epsilon = -\sigma_t s`, :math:`\hat x_0 = (x_t + \sigma_t^2 s)/\alpha_t` and
+:math:`\hat v = \alpha_t\hat\epsilon - \sigma_t\hat x_0` (Salimans & Ho 2022),
+
+.. math:: \|\hat x_0 - x_0\|^2 = e^{-\lambda_t}\,\|\hat\epsilon - \epsilon\|^2, \qquad
+          \|\hat v - v\|^2 = \frac{(\alpha_t^2 + \sigma_t^2)^2}{\alpha_t^2}\,\|\hat\epsilon - \epsilon\|^2,
+
+:math:`\lambda_t = \log(\alpha_t^2/\sigma_t^2)`: relative to L_simple (``"eps"``, weight 1) the x0 loss
+weighs t by :math:`e^{-\lambda_t}` and the v loss by :math:`(\alpha^2 + \sigma^2)^2/\alpha^2`
+(:math:`1 + e^{-\lambda_t}` for VP). Every weight is positive, so all three share the minimiser
+:math:`s = \nabla\log p_t` (the per-t minimiser of the residual is :math:`E[\epsilon \mid x_t]`).
+
 Importance sampling for the likelihood weighting: since
 :math:`g^2/\sigma^2 = -\frac{d\lambda_{SNR}}{dt}` for any linear SDE, drawing t so that the
 log-SNR is uniform makes the weight constant, :math:`(\lambda_{SNR}(t_{min}) - \lambda_{SNR}(T))\,/\,(T - t_{min})`
@@ -25,6 +37,7 @@ from scoresde._tensor import append_dims, as_time, check_float, check_generator
 from scoresde.sde.base import LinearSDE
 
 WEIGHTINGS = ("sigma2", "likelihood", "none")
+TARGETS = ("eps", "x0", "v")
 TIME_SAMPLINGS = ("uniform", "importance")
 
 
@@ -68,12 +81,39 @@ def _check_model_sde(model: Callable[[Tensor, Tensor], Tensor], sde: LinearSDE) 
         )
 
 
+def eps_residual(
+    model: Callable[[Tensor, Tensor], Tensor], sde: LinearSDE, x0: Tensor, t: Tensor, noise: Tensor, reduction: str
+) -> Tensor:
+    r"""Per-sample :math:`\|\sigma_t s(x_t, t) + \epsilon\|^2 = \|\hat\epsilon - \epsilon\|^2` at
+    :math:`x_t = \alpha_t x_0 + \sigma_t\epsilon`, ``(batch,)``: the mean (``reduction="mean"``) or
+    sum over the event dims. ``t`` ``(batch,)`` in the time dtype; no checks but the model's shape."""
+    alpha, sigma = append_dims(sde.alpha(t), x0.ndim).to(x0.dtype), append_dims(sde.sigma(t), x0.ndim).to(x0.dtype)
+    x_t = alpha * x0 + sigma * noise
+    score = model(x_t, t)
+    if not isinstance(score, Tensor) or score.shape != x_t.shape:
+        got = tuple(score.shape) if isinstance(score, Tensor) else type(score).__name__
+        raise ValueError(f"the model returned {got} for x of shape {tuple(x_t.shape)}; it must match x")
+    err = (sigma * score + noise).square().flatten(1)
+    return err.mean(1) if reduction == "mean" else err.sum(1)
+
+
+def target_weight(sde: LinearSDE, t: Tensor, target: str) -> Tensor:
+    r"""The weight ``(batch,)`` that turns :math:`\|\hat\epsilon - \epsilon\|^2` into the squared error
+    of ``target``: 1 (``"eps"``), :math:`\sigma^2/\alpha^2` (``"x0"``),
+    :math:`(\alpha^2 + \sigma^2)^2/\alpha^2` (``"v"``)."""
+    if target == "eps":
+        return torch.ones_like(t)
+    alpha2, sigma2 = sde.alpha(t).square(), sde.sigma(t).square()
+    return sigma2 / alpha2 if target == "x0" else (alpha2 + sigma2).square() / alpha2
+
+
 def dsm_loss(
     model: Callable[[Tensor, Tensor], Tensor],
     sde: LinearSDE,
     x0: Tensor,
     *,
-    weighting: str = "sigma2",
+    weighting: str | None = None,
+    target: str | None = None,
     time_sampling: str = "uniform",
     reduction: str = "mean",
     t: Tensor | None = None,
@@ -86,7 +126,12 @@ def dsm_loss(
         model: the score model (any parameterisation, see :mod:`scoresde.score`).
         sde: a linear SDE (the perturbation kernel must be Gaussian).
         x0: clean data ``(batch, *event)``.
-        weighting: ``"sigma2"``, ``"likelihood"`` or ``"none"``.
+        weighting: ``"sigma2"`` (the default), ``"likelihood"`` or ``"none"``: :math:`\lambda(t)` on
+            the score residual.
+        target: instead of a weighting, DDPM's loss of one prediction: ``"eps"`` (L_simple,
+            :math:`\|\hat\epsilon - \epsilon\|^2`, the same as ``"sigma2"``), ``"x0"``
+            (:math:`\|\hat x_0 - x_0\|^2`) or ``"v"`` (:math:`\|\hat v - v\|^2`); see the module
+            docstring for their weights relative to each other. Uniform t only.
         time_sampling: ``"uniform"`` on ``[t_min, T]``, or ``"importance"`` (uniform in
             log-SNR; likelihood weighting only).
         reduction: ``"mean"`` or ``"sum"`` of the squared error over the event dims.
@@ -100,6 +145,13 @@ def dsm_loss(
     """
     if not isinstance(sde, LinearSDE):
         raise TypeError(f"dsm_loss needs a LinearSDE (a Gaussian perturbation kernel), got {type(sde).__name__}")
+    if target is not None:
+        if target not in TARGETS:
+            raise ValueError(f"target must be one of {TARGETS} or None, got {target!r}")
+        if weighting is not None:
+            raise ValueError(f"give weighting or target, not both (target={target!r} fixes the weight), "
+                             f"got weighting={weighting!r}")  # fmt: skip
+    weighting = "sigma2" if weighting is None else weighting
     if weighting not in WEIGHTINGS:
         raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
     if time_sampling not in TIME_SAMPLINGS:
@@ -130,18 +182,12 @@ def dsm_loss(
     if noise is None:
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
 
-    alpha, sigma = sde.alpha(t), sde.sigma(t)
-    x_t = append_dims(alpha, x0.ndim).to(x0.dtype) * x0 + append_dims(sigma, x0.ndim).to(x0.dtype) * noise
     # sigma^2 ||s + eps/sigma||^2 = ||sigma s + eps||^2: the sigma2-weighted residual
-    score = model(x_t, t)
-    if not isinstance(score, Tensor) or score.shape != x_t.shape:
-        got = tuple(score.shape) if isinstance(score, Tensor) else type(score).__name__
-        raise ValueError(f"the model returned {got} for x of shape {tuple(x_t.shape)}; it must match x")
-    resid = append_dims(sigma, x0.ndim).to(x0.dtype) * score + noise
-    err = resid.square().flatten(1)
-    err = err.mean(1) if reduction == "mean" else err.sum(1)
-
-    if weighting == "sigma2":
+    err = eps_residual(model, sde, x0, t, noise, reduction)
+    sigma = sde.sigma(t)
+    if target is not None:
+        weight = target_weight(sde, t, target)
+    elif weighting == "sigma2":
         weight = torch.ones_like(sigma)
     elif weighting == "none":
         weight = sigma.square().reciprocal()
