@@ -8,6 +8,7 @@ from scoresde import analytic, data, guidance, nn
 from scoresde.analytic import GaussianMixture
 from scoresde.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from scoresde.data import ImageData, load_digits, load_images
+from scoresde.ddpm import DiscreteSchedule, ncsn_sigmas, sample_annealed_langevin, sample_ddim, sample_ddpm
 from scoresde.discrete_data import (
     BitsPerDimResult,
     BpdEvaluation,
@@ -17,6 +18,7 @@ from scoresde.discrete_data import (
     evaluate_bpd,
     to_levels,
 )
+from scoresde.elbo import ElboResult, continuous_elbo, ddpm_elbo
 from scoresde.flow_matching import flow_matching_loss, ot_coupling
 from scoresde.grid_tuning import tune_time_grid
 from scoresde.guidance import ClassifierFreeGuidance, ClassifierGuidance, NoisyClassifier, RePaint, Replacement, inpaint
@@ -60,6 +62,14 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "DiscreteSchedule",
+    "sample_ddpm",
+    "sample_ddim",
+    "ncsn_sigmas",
+    "sample_annealed_langevin",
+    "ddpm_elbo",
+    "continuous_elbo",
+    "ElboResult",
     "SDE",
     "LinearSDE",
     "VPSDE",
