@@ -108,3 +108,22 @@ def check_time(t: TimeLike, T: float, name: str = "t", *, values: bool = True) -
         raise TypeError(f"{name} must be a number or a tensor, got {type(t).__name__} {t!r}")
     if not 0 <= t <= T:  # False for NaN too
         raise ValueError(f"{name} must lie in [0, T={T}], got {t!r}")
+
+
+def check_labels(label: int | Tensor, num_classes: int, *, allow_null: bool = False) -> int | Tensor:
+    """``label`` (an int, or a ``(batch,)`` integer tensor) if every value lies in ``[0, num_classes)``
+    (``[0, num_classes]`` with ``allow_null``: the null label ``num_classes``), else ``ValueError`` naming
+    the value. A tensor's values are read once (a host sync: a boundary check)."""
+    top = num_classes + 1 if allow_null else num_classes
+    if isinstance(label, Tensor):
+        if label.ndim != 1 or label.is_floating_point() or label.is_complex() or label.dtype == torch.bool:
+            raise ValueError(f"labels must be a (batch,) integer tensor, got {label.dtype} {tuple(label.shape)}")
+        if label.numel() and (label.min() < 0 or label.max() >= top):
+            bad = label[(label < 0) | (label >= top)][0].item()
+            raise ValueError(f"label {bad} is outside [0, {top}) (num_classes={num_classes})")
+        return label.to(torch.int64)
+    if isinstance(label, bool) or not isinstance(label, int):
+        raise TypeError(f"label must be an int or a (batch,) integer tensor, got {type(label).__name__} {label!r}")
+    if not 0 <= label < top:
+        raise ValueError(f"label {label} is outside [0, {top}) (num_classes={num_classes})")
+    return label

@@ -50,7 +50,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from scoresde._tensor import TimeLike, append_dims, as_time, check_float, check_generator
+from scoresde._tensor import TimeLike, append_dims, as_time, check_float, check_generator, check_labels
 from scoresde.analytic import check_mask
 from scoresde.losses import sample_time
 from scoresde.sample import SampleResult, sample_ode, sample_pc
@@ -86,25 +86,6 @@ def guidance_scale(scale: float | None = None, weight: float | None = None) -> f
     if weight is not None:
         return 1.0 + _number(weight, "weight")
     return 1.0 if scale is None else _number(scale, "scale")
-
-
-def check_labels(label: LabelLike, num_classes: int, *, allow_null: bool = False) -> LabelLike:
-    """``label`` (an int, or a ``(batch,)`` integer tensor) if every value lies in ``[0, num_classes)``
-    (``[0, num_classes]`` with ``allow_null``: the null label ``num_classes``), else ``ValueError`` naming
-    the value. A tensor's values are read once (a host sync: a boundary check)."""
-    top = num_classes + 1 if allow_null else num_classes
-    if isinstance(label, Tensor):
-        if label.ndim != 1 or label.is_floating_point() or label.is_complex() or label.dtype == torch.bool:
-            raise ValueError(f"labels must be a (batch,) integer tensor, got {label.dtype} {tuple(label.shape)}")
-        if label.numel() and (label.min() < 0 or label.max() >= top):
-            bad = label[(label < 0) | (label >= top)][0].item()
-            raise ValueError(f"label {bad} is outside [0, {top}) (num_classes={num_classes})")
-        return label.to(torch.int64)
-    if isinstance(label, bool) or not isinstance(label, int):
-        raise TypeError(f"label must be an int or a (batch,) integer tensor, got {type(label).__name__} {label!r}")
-    if not 0 <= label < top:
-        raise ValueError(f"label {label} is outside [0, {top}) (num_classes={num_classes})")
-    return label
 
 
 def _label_batch(label: LabelLike, x: Tensor) -> Tensor:

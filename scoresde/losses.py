@@ -33,7 +33,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from scoresde._tensor import append_dims, as_time, check_float, check_generator
+from scoresde._tensor import append_dims, as_time, check_float, check_generator, check_labels
 from scoresde.sde.base import LinearSDE
 
 WEIGHTINGS = ("sigma2", "likelihood", "none")
@@ -107,6 +107,32 @@ def target_weight(sde: LinearSDE, t: Tensor, target: str) -> Tensor:
     return sigma2 / alpha2 if target == "x0" else (alpha2 + sigma2).square() / alpha2
 
 
+def _conditional(
+    model: Callable[..., Tensor], x0: Tensor, labels: Tensor | None, label_dropout: float,
+    generator: torch.Generator | None,
+) -> Callable[[Tensor, Tensor], Tensor]:  # fmt: skip
+    """``(x, t) -> model(x, t, y)`` for ``labels`` checked against the model's classes, each dropped to
+    the null label with probability ``label_dropout``."""
+    if labels is None:
+        raise ValueError(f"label_dropout={label_dropout!r} needs labels")
+    base = getattr(model, "module", model)  # through a DistributedDataParallel wrapper
+    num_classes = getattr(base, "num_classes", None)
+    if num_classes is None:
+        raise ValueError(f"labels were given but the model ({type(model).__name__}) is unconditional "
+                         "(num_classes is None): build its network with num_classes")  # fmt: skip
+    if isinstance(label_dropout, bool) or not isinstance(label_dropout, (int, float)) or not 0 <= label_dropout <= 1:
+        raise ValueError(f"label_dropout must be a probability in [0, 1], got {label_dropout!r}")
+    if not isinstance(labels, Tensor) or labels.shape != (x0.shape[0],):
+        got = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__
+        raise ValueError(f"labels must be ({x0.shape[0]},), one per row of x0, got {got}")
+    labels = check_labels(labels, num_classes, allow_null=True).to(x0.device)
+    null = getattr(base, "null_label", num_classes)
+    if label_dropout:
+        drop = torch.rand(labels.shape, generator=generator, device=x0.device) < label_dropout
+        labels = torch.where(drop, torch.full_like(labels, null), labels)
+    return lambda x, t: model(x, t, labels)
+
+
 def dsm_loss(
     model: Callable[[Tensor, Tensor], Tensor],
     sde: LinearSDE,
@@ -118,6 +144,8 @@ def dsm_loss(
     reduction: str = "mean",
     t: Tensor | None = None,
     noise: Tensor | None = None,
+    labels: Tensor | None = None,
+    label_dropout: float = 0.0,
     generator: torch.Generator | None = None,
 ) -> Tensor:
     r"""Denoising score matching loss of ``model(x, t) -> score``, averaged over the batch.
@@ -138,7 +166,14 @@ def dsm_loss(
         t: fixed times ``(batch,)`` instead of sampled ones (the weight is then
             :math:`\lambda(t)` itself, with no importance correction).
         noise: fixed noise like ``x0`` instead of a fresh draw.
-        generator: for the draws of t and noise.
+        labels: ``(batch,)`` class labels of ``x0`` for a class-conditional model ``model(x, t, y)``
+            (a :class:`~scoresde.ScoreModel` whose network has ``num_classes``): the loss of
+            :math:`s_\theta(x_t, t, y)`, which learns :math:`\nabla\log p_t(x \mid y)`. Values in
+            ``[0, num_classes]``, ``num_classes`` being the null label ("no class").
+        label_dropout: the probability with which each label is replaced by the null label
+            (Ho & Salimans 2022), so that one network also learns the unconditional score that
+            classifier-free guidance needs.
+        generator: for the draws of t, noise and dropped labels.
 
     Returns:
         A scalar tensor.
@@ -169,6 +204,8 @@ def dsm_loss(
             raise ValueError(f"noise shape {tuple(noise.shape)} differs from x0 shape {tuple(x0.shape)}")
     check_generator(generator)
     _check_model_sde(model, sde)
+    if labels is not None or label_dropout:
+        model = _conditional(model, x0, labels, label_dropout, generator)
 
     importance = time_sampling == "importance" and t is None
     if t is None:

@@ -35,12 +35,13 @@ from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from scoresde._atomic import atomic_write, atomic_write_text, remove_stale_temporaries
+from scoresde._tensor import check_labels
 from scoresde.checkpoint import check_plain, checkpoint_mismatch, load_checkpoint, save_checkpoint
 from scoresde.data import ImageData
 from scoresde.discrete_data import BpdEvaluation, evaluate_bpd
 from scoresde.distributed import distributed_context, resolve_device
 from scoresde.flow_matching import COUPLINGS, flow_matching_loss
-from scoresde.guidance import NoisyClassifier, check_labels, classifier_loss
+from scoresde.guidance import NoisyClassifier, classifier_loss
 from scoresde.losses import TIME_SAMPLINGS, WEIGHTINGS, dsm_loss
 from scoresde.progress import progress_bar
 from scoresde.sample import sample_ode
@@ -65,13 +66,18 @@ conditional flow matching (:func:`~scoresde.flow_matching_loss`, a :class:`~scor
 
 def _objective_loss(
     objective: str, model: nn.Module, sde: LinearSDE, batch: Tensor | tuple[Tensor, Tensor], *, weighting: str,
-    time_sampling: str, coupling: str, generator: torch.Generator | None,
+    time_sampling: str, coupling: str, generator: torch.Generator | None, labels: Tensor | None = None,
+    label_dropout: float = 0.0,
 ) -> Tensor:  # fmt: skip
-    """The loss of one batch, ``x0`` or a paired ``(x0, noise)``, under ``objective``."""
+    """The loss of one batch, ``x0`` or a paired ``(x0, noise)``, under ``objective`` (with class ``labels``
+    for a conditional score model, dropped to the null label with probability ``label_dropout``)."""
     x0, noise = batch if isinstance(batch, tuple) else (batch, None)
     if objective == "flow_matching":
+        if labels is not None:
+            raise ValueError("class labels train a conditional score model with objective='dsm', not flow_matching")
         return flow_matching_loss(model, sde, x0, coupling=coupling, noise=noise, generator=generator)
-    return dsm_loss(model, sde, x0, weighting=weighting, time_sampling=time_sampling, noise=noise, generator=generator)
+    return dsm_loss(model, sde, x0, weighting=weighting, time_sampling=time_sampling, noise=noise, labels=labels,
+                    label_dropout=label_dropout, generator=generator)  # fmt: skip
 
 
 @dataclass
@@ -93,6 +99,8 @@ def fit(
     time_sampling: str = "uniform",
     objective: str = "dsm",
     coupling: str = "independent",
+    labels: Tensor | None = None,
+    label_dropout: float = 0.0,
     generator: torch.Generator | None = None,
     progress: bool = False,
 ) -> FitResult:
@@ -106,7 +114,12 @@ def fit(
             ``(x0, noise)``, each ``(n, *event)``, drawn row for row (a fixed coupling, e.g. reflow's
             pairs); or a function ``(batch_size, generator) -> batch`` (or ``-> (x0, noise)``), e.g.
             ``lambda n, g: gmm.sample(n, generator=g)``.
-        generator: drives the batches, times and noise (the model's initialisation is yours).
+        labels: ``(n,)`` class labels of tensor ``data``, drawn row for row with it, for a class-conditional
+            score model (:func:`~scoresde.dsm_loss` ``labels=``), e.g. from
+            :meth:`~scoresde.GaussianMixture.sample_with_labels`.
+        label_dropout: the probability of replacing a label by the null label (classifier-free guidance's
+            joint training: one network learns the conditional and the unconditional score).
+        generator: drives the batches, times, noise and dropped labels (the model's initialisation is yours).
     """
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
@@ -127,12 +140,20 @@ def fit(
             raise ValueError(
                 f"paired noise shape {tuple(pools[1].shape)} differs from data shape {tuple(pools[0].shape)}"
             )
+        if labels is not None and (not isinstance(labels, Tensor) or labels.shape != (pools[0].shape[0],)):
+            got = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__
+            raise ValueError(f"labels must be ({pools[0].shape[0]},), one per row of data, got {got}")
+        drawn: list[Tensor] = []  # the labels of the last batch
 
         def draw(n: int, g: torch.Generator | None) -> Tensor | tuple[Tensor, Tensor]:
             idx = torch.randint(len(pools[0]), (n,), generator=g, device=g.device if g is not None else "cpu")
             rows = tuple(pool[idx.to(pool.device)] for pool in pools)
+            if labels is not None:
+                drawn[:] = [labels[idx.to(labels.device)]]
             return rows if len(rows) == 2 else rows[0]
     elif callable(data):
+        if labels is not None:
+            raise TypeError("labels go with tensor data (drawn row for row); a batch function cannot take them")
         draw = data
     else:
         raise TypeError(
@@ -142,7 +163,8 @@ def fit(
     def step_loss() -> Tensor:
         batch = draw(batch_size, generator)
         return _objective_loss(objective, model, sde, batch, weighting=weighting, time_sampling=time_sampling,
-                               coupling=coupling, generator=generator)  # fmt: skip
+                               coupling=coupling, generator=generator, labels=drawn[0] if labels is not None else None,
+                               label_dropout=label_dropout)  # fmt: skip
 
     return _adam_loop(model, step_loss, steps, lr, progress, "fit")
 
@@ -238,7 +260,9 @@ class TrainConfig:
     ``lr / warmup_steps``, then held (``lr_schedule="constant"``) or annealed to 0 at ``steps``
     (``"cosine"``). ``objective``: ``"dsm"`` (:func:`~scoresde.dsm_loss`, with ``weighting`` and
     ``time_sampling``) or ``"flow_matching"`` (:func:`~scoresde.flow_matching_loss` of a
-    :class:`~scoresde.FlowVelocity`, with ``coupling``).
+    :class:`~scoresde.FlowVelocity`, with ``coupling``). ``label_dropout``: for a class-conditional
+    model (its network has ``num_classes``), the probability that a label is replaced by the null label,
+    so that one network learns the conditional and the unconditional score (classifier-free guidance).
     ``seed`` seeds the batch order, the noise and dropout (the model's initialisation is yours).
     """
 
@@ -264,6 +288,9 @@ class TrainConfig:
     )
     coupling: str = field(
         default="independent", metadata=_rule("flow matching's noise coupling: independent or ot", choices=COUPLINGS)
+    )
+    label_dropout: float = field(
+        default=0.1, metadata=_rule("a conditional model's chance of training on the null label", below=1.0)
     )
     seed: int = field(default=0, metadata=_rule("seed of the batch order, noise and dropout"))
     eval_every: int = field(default=0, metadata=_rule("evaluate every N steps (0: at the end only)"))
@@ -385,6 +412,14 @@ class Trainer:
                                  f"{tuple(data.shape)}")  # fmt: skip
         elif not isinstance(data, ImageData):
             raise TypeError(f"data must be an ImageData or a float tensor, got {type(data).__name__}")
+        self.num_classes: int | None = getattr(model, "num_classes", None)
+        if self.num_classes is not None:
+            if not isinstance(data, ImageData) or data.labels is None:
+                raise ValueError(f"a class-conditional model (num_classes={self.num_classes}) trains on labelled "
+                                 "ImageData; these data have no labels")  # fmt: skip
+            if data.num_classes != self.num_classes:
+                raise ValueError(f"the model has num_classes={self.num_classes} but the data have "
+                                 f"{data.num_classes} classes")  # fmt: skip
         if eval_data is not None and not isinstance(eval_data, ImageData):
             raise TypeError(f"eval_data must be an ImageData, got {type(eval_data).__name__}")
         if resume_state is not None and resume is False:
@@ -434,6 +469,7 @@ class Trainer:
             raise ValueError(f"batch_size={s.batch_size} is larger than the data set ({num} items)")
         self._epoch: int | None = None
         self._order = torch.empty(0, dtype=torch.long)
+        self._batch_labels: Tensor | None = None
 
         if resume is not False and resume is not True:
             self.load(resume, resume_state)
@@ -482,13 +518,16 @@ class Trainer:
 
     def _batch(self, step: int) -> Tensor:
         """This rank's share of batch ``step``: a seeded permutation per epoch, so the batch
-        depends on the step alone."""
+        depends on the step alone (its labels are :meth:`_labels` of the same step)."""
         epoch, k = divmod(step, self._batches_per_epoch)
         if epoch != self._epoch:
             self._sampler.set_epoch(epoch)
             self._order = torch.tensor(list(self._sampler), dtype=torch.long)
             self._epoch = epoch
         idx = self._order[k * self._per_rank : (k + 1) * self._per_rank]
+        self._batch_labels = None
+        if self.num_classes is not None and isinstance(self.data, ImageData) and self.data.labels is not None:
+            self._batch_labels = self.data.labels[idx].to(self.device)
         if isinstance(self.data, ImageData):
             levels = self.data.levels[idx].to(self.device)
             return self.data.to_model(levels, generator=self.generator)
@@ -512,7 +551,8 @@ class Trainer:
                 loss = _objective_loss(
                     self.settings.objective, self._train_model, self.sde, x0, weighting=self.settings.weighting,
                     time_sampling=self.settings.time_sampling, coupling=self.settings.coupling,
-                    generator=self.generator,
+                    generator=self.generator, labels=self._batch_labels,
+                    label_dropout=self.settings.label_dropout if self._batch_labels is not None else 0.0,
                 )  # fmt: skip
             self._dropout_rng = self._get_rng()
         value = self._mean_over_ranks(loss.detach().float()).item()
@@ -660,6 +700,7 @@ class Trainer:
             "rng": all_rng,
             "world_size": self.world_size,
             "num_levels": self.data.num_levels if isinstance(self.data, ImageData) else None,
+            "num_classes": self.num_classes,
             "event_shape": list(self.data.image_shape if isinstance(self.data, ImageData) else self.data.shape[1:]),
             "trainer": self.hparams,
             "config": self.config,

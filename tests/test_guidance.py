@@ -325,3 +325,74 @@ def test_classifier_loss_checks_its_inputs():
     loss = classifier_loss(classifier, torch.zeros(8, 2), torch.zeros(8, dtype=torch.long),
                            generator=torch.Generator().manual_seed(0))  # fmt: skip
     assert loss.ndim == 0 and math.isfinite(loss.item())
+
+
+# ----------------------------------------------------------------------------------- conditional training
+
+
+def test_a_trained_conditional_mlp_guided_by_cfg_lands_in_the_requested_component():
+    """An MLP with num_classes = 3, trained by fit on labelled mixture draws with label dropout 0.2: its
+    classifier-free guided samples (s = 1 and s = 3) fall in the requested component."""
+    torch.manual_seed(0)
+    sde, gmm = sd.VPSDE(), three_classes()
+    x, y = gmm.sample_with_labels(8192, generator=torch.Generator().manual_seed(1))
+    model = sd.EpsilonScore(sd.nn.MLP(2, hidden=64, depth=2, num_classes=3), sde)
+    sd.fit(model, sde, x, labels=y, label_dropout=0.2, steps=800, batch_size=256,
+           generator=torch.Generator().manual_seed(2))  # fmt: skip
+    with torch.no_grad():
+        for label in range(3):
+            for scale in (1.0, 3.0):
+                guided = ClassifierFreeGuidance(model, label, scale=scale)
+                out = sd.sample_ode(guided, sde, (600, 2), method="heun", num_steps=30,
+                                    generator=torch.Generator().manual_seed(3))  # fmt: skip
+                assert component_fraction(gmm, out.x, label) > 0.97, (label, scale)
+        # the null label is the unconditional model: its samples spread over the components by weight
+        out = sd.sample_ode(ClassifierFreeGuidance(model, 0, scale=0.0), sde, (2000, 2), method="heun",
+                            num_steps=30, generator=torch.Generator().manual_seed(4))  # fmt: skip
+        fractions = torch.bincount(gmm.component(out.x), minlength=3) / 2000
+    assert (fractions - gmm.weights.float()).abs().max() < 0.06, fractions
+
+
+def test_dsm_loss_with_labels_is_the_conditional_loss_and_label_dropout_the_null_one():
+    """With the exact conditional score the labelled loss is the conditional DSM loss: labels k on draws of
+    component k, the same t and noise, equal the loss of component k's own score; label_dropout=1 gives the
+    loss of the null (unconditional) score."""
+    sde, gmm = sd.VPSDE(), three_classes()
+    x, y = gmm.sample_with_labels(64, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    t = torch.rand(64, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    noise = torch.randn(64, 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    cond = gmm.conditional_score_fn(sde)
+    labelled = sd.dsm_loss(cond, sde, x, t=t, noise=noise, labels=y)
+    by_hand = sd.dsm_loss(lambda z, s: cond(z, s, y), sde, x, t=t, noise=noise)
+    torch.testing.assert_close(labelled, by_hand)
+    dropped = sd.dsm_loss(cond, sde, x, t=t, noise=noise, labels=y, label_dropout=1.0)
+    torch.testing.assert_close(dropped, sd.dsm_loss(gmm.score_fn(sde), sde, x, t=t, noise=noise))
+    unconditional = sd.EpsilonScore(sd.nn.MLP(2), sde)
+    with pytest.raises(ValueError, match=r"labels were given but the model \(EpsilonScore\) is unconditional"):
+        sd.dsm_loss(unconditional, sde, x.float(), labels=y)
+    with pytest.raises(ValueError, match=r"label 4 is outside \[0, 4\) \(num_classes=3\)"):
+        sd.dsm_loss(cond, sde, x, labels=torch.full((64,), 4))
+    with pytest.raises(ValueError, match=r"label_dropout must be a probability in \[0, 1\], got 1.5"):
+        sd.dsm_loss(cond, sde, x, labels=y, label_dropout=1.5)
+    with pytest.raises(ValueError, match=r"labels must be \(64,\), one per row of x0, got \(3,\)"):
+        sd.dsm_loss(cond, sde, x, labels=y[:3])
+
+
+def test_trainer_trains_a_conditional_unet_on_digit_labels_and_records_the_classes(tmp_path):
+    from scoresde.checkpoint import load_checkpoint
+
+    torch.manual_seed(0)
+    data = sd.load_digits("train").subset(slice(0, 64))
+    sde = sd.VPSDE()
+    net = sd.nn.UNet(channels=8, channel_mults=(1, 2), num_res_blocks=1, attention_levels=(), num_classes=10)
+    trainer = sd.Trainer(sd.EpsilonScore(net, sde), sde, data, out_dir=tmp_path, steps=3, batch_size=16,
+                         num_grid_samples=0, device="cpu", label_dropout=0.3)  # fmt: skip
+    result = trainer.train()
+    assert len(result.losses) == 3 and all(math.isfinite(v) for v in result.losses)
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert state["num_classes"] == 10 and state["trainer"]["label_dropout"] == 0.3
+    unlabelled = sd.ImageData(data.levels, None, data.num_levels)
+    with pytest.raises(ValueError, match=r"a class-conditional model \(num_classes=10\) trains on labelled"):
+        sd.Trainer(sd.EpsilonScore(net, sde), sde, unlabelled, out_dir=tmp_path / "x", device="cpu")
+    with pytest.raises(ValueError, match=r"label_dropout must be a number in \[0, 1\), got 1"):
+        sd.TrainConfig(label_dropout=1)
