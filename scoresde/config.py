@@ -36,7 +36,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     },
     "model": {
         "channels": 32, "channel_mults": [1, 2, 2], "num_res_blocks": 1, "attention_levels": [1], "num_heads": 1,
-        "dropout": 0.1, "embedding": "fourier",
+        "dropout": 0.1, "embedding": "fourier", "conditional": False,
     },
     "train": TrainConfig().as_dict(),
     "run": {"out": "runs/train", "device": "auto"},
@@ -123,14 +123,19 @@ def build_sde(section: dict[str, Any]) -> LinearSDE:
 
 
 def build_model(
-    section: dict[str, Any], image_shape: tuple[int, ...], sde: LinearSDE, objective: str = "dsm"
-) -> ScoreModel:
+    section: dict[str, Any], image_shape: tuple[int, ...], sde: LinearSDE, objective: str = "dsm",
+    num_classes: int | None = None,
+) -> ScoreModel:  # fmt: skip
     """``EpsilonScore(UNet(...), sde)`` from the ``model`` section for images of ``image_shape`` (C, H, W),
-    or ``FlowVelocity(UNet(...), sde)`` for ``objective="flow_matching"`` (the U-Net predicts dx/dt)."""
+    or ``FlowVelocity(UNet(...), sde)`` for ``objective="flow_matching"`` (the U-Net predicts dx/dt).
+    With ``model.conditional`` the U-Net takes labels of ``num_classes`` classes (and a null label)."""
+    if section["conditional"] and not num_classes:
+        raise ValueError("config key model.conditional needs labelled data (the data set has no classes)")
     net = UNet(
         in_channels=image_shape[0], channels=section["channels"], channel_mults=section["channel_mults"],
         num_res_blocks=section["num_res_blocks"], attention_levels=section["attention_levels"],
         num_heads=section["num_heads"], dropout=section["dropout"], embedding=section["embedding"],
+        num_classes=num_classes if section["conditional"] else None,
     )  # fmt: skip
     factor = 2 ** (len(section["channel_mults"]) - 1)
     if image_shape[1] % factor or image_shape[2] % factor:
@@ -159,7 +164,7 @@ def build_trainer(
     torch.manual_seed(settings.seed)  # the network's initialisation (identical on every rank)
     data, eval_data = load_data(config["data"], "train"), load_data(config["data"], "test")
     sde = build_sde(config["sde"])
-    model = build_model(config["model"], data.image_shape, sde, settings.objective)
+    model = build_model(config["model"], data.image_shape, sde, settings.objective, data.num_classes)
     return Trainer(model, sde, data, out_dir=config["run"]["out"], settings=settings, device=device,
                    eval_data=eval_data, config=config, progress=progress, resume=resume,
                    resume_state=resume_state)  # fmt: skip
@@ -195,7 +200,7 @@ def load_run(checkpoint: str | Path, device: str | torch.device = "cpu", *, ema:
     target = f"the model its config describes (channels {m['channels']}, channel_mults {m['channel_mults']})"
     try:
         event_shape = tuple(state["event_shape"])
-        model = build_model(m, event_shape, sde, config["train"]["objective"])
+        model = build_model(m, event_shape, sde, config["train"]["objective"], state.get("num_classes"))
         if ema:
             weights = {k.removeprefix("module."): v for k, v in state["ema"].items() if k != "n_averaged"}
         else:
