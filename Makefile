@@ -36,8 +36,9 @@ demo: install
 lint: install-test
 	$(VENV)/bin/ruff check .
 
+# Two workers, one torch thread each (tests/conftest.py), a test file per worker at a time.
 test: install-test lint
-	MPLBACKEND=Agg $(PY) -m pytest -q
+	MPLBACKEND=Agg OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadfile
 
 # Re-execute every notebook in place, keeping its outputs (the committed figures). NB_FAST=1
 # gives the test suite's small sizes; the default is the full-size run that gets committed.
