@@ -31,8 +31,10 @@ from scoresde._paths import check_output_file, check_output_folder
 from scoresde.checkpoint import load_checkpoint
 from scoresde.config import DEFAULT_CONFIG, build_trainer, load_config, load_data, load_run
 from scoresde.data import to_levels
+from scoresde.ddpm import DISCRETE_SAMPLERS, sample_discrete
 from scoresde.demo import digits_demo, toy_demo
 from scoresde.distributed import distributed_context, init_distributed, resolve_device, sample_in_shards
+from scoresde.elbo import ELBO_BOUNDS, evaluate_elbo
 from scoresde.solvers import METHODS
 from scoresde.train import TrainConfig, Trainer
 
@@ -148,14 +150,21 @@ _DEFAULT_METHODS = {"ode": "dopri5", "sde": "euler_maruyama"}
 def draw_samples(
     model: torch.nn.Module, sde: sd.LinearSDE, shape: tuple[int, ...], *, sampler: str, num_steps: int | None,
     method: str | None, snr: float, corrector: str, rtol: float, seed: int, sample_indices: torch.Tensor | None,
-    device: torch.device,
+    device: torch.device, eta: float = 0.0,
 ) -> sd.SampleResult:  # fmt: skip
     """One call to ``sample_pc`` / ``sample_ode`` / ``sample_sde`` with the command's defaults:
     PC = reverse diffusion + Langevin, 500 steps; ODE = dopri5 (``rtol = atol``); both end at
     t = 1e-3 with a denoising step (Song et al.); SDE = Euler–Maruyama, 1000 steps. Noise from
-    per-sample seeds (``seed``, ``sample_indices``), except torchsde's methods (a seed per batch)."""
+    per-sample seeds (``seed``, ``sample_indices``), except torchsde's methods (a seed per batch). ``ddpm``,
+    ``ddim`` (with ``eta``) and ``ncsn``: :func:`scoresde.ddpm.sample_discrete` (a seed per batch)."""
+    if sampler in DISCRETE_SAMPLERS:  # discrete time: a generator per batch (by its first index)
+        first = 0 if sample_indices is None else int(sample_indices[0])
+        gen = torch.Generator(device).manual_seed(seed * 1_000_003 + first)
+        with torch.no_grad():
+            return sample_discrete(model, sde, shape, sampler=sampler, num_steps=num_steps, eta=eta, generator=gen,
+                                   device=device)  # fmt: skip
     if sampler not in ("pc", "ode", "sde"):
-        raise ValueError(f"sampler must be pc, ode or sde, got {sampler!r}")
+        raise ValueError(f"sampler must be pc, ode, sde, ddpm, ddim or ncsn, got {sampler!r}")
     num_steps = _DEFAULT_STEPS.get(sampler) if num_steps is None else num_steps
     method = method or _DEFAULT_METHODS.get(sampler)
     common: dict[str, Any] = {"seed": seed, "sample_indices": sample_indices, "device": device}
@@ -181,6 +190,9 @@ def _sample_settings(args: argparse.Namespace) -> dict[str, Any]:
     settings: dict[str, Any] = {"sampler": sampler}
     if sampler == "pc":
         settings.update(corrector=args.corrector, **({"snr": args.snr} if args.corrector != "none" else {}))
+    elif sampler in DISCRETE_SAMPLERS:
+        settings["method"] = f"eta{args.eta:g}" if sampler == "ddim" else sampler
+        steps = steps or {"ddpm": 1000, "ddim": 50, "ncsn": 10}[sampler]
     else:
         settings["method"] = args.method or _DEFAULT_METHODS[sampler]
     settings.update({"steps": steps} if steps is not None else {"rtol": args.rtol})
@@ -212,7 +224,7 @@ def _sample(args: argparse.Namespace) -> None:
         return draw_samples(
             run.model, run.sde, (len(indices), *run.event_shape), sampler=args.sampler, num_steps=args.steps,
             method=args.method, snr=args.snr, corrector=args.corrector, rtol=args.rtol, seed=args.seed,
-            sample_indices=indices, device=device,
+            sample_indices=indices, device=device, eta=args.eta,
         )  # fmt: skip
 
     x, nfe = sample_in_shards(draw, args.num, args.batch_size)
@@ -250,23 +262,36 @@ def _likelihood(args: argparse.Namespace) -> None:
     if args.num_images is not None:
         data = data.subset(slice(0, args.num_images))
     start = time.perf_counter()
+    if args.bound != "ode":
+        result = evaluate_elbo(
+            run.model, run.sde, data.levels.to(device), num_bins=data.num_levels, transform=data.transform,
+            bound=args.bound, num_steps=args.steps, num_time_samples=args.num_time_samples,
+            batch_size=args.batch_size, generator=torch.Generator(device).manual_seed(args.seed),
+        )  # fmt: skip
+        _report_bpd(args, run, result, time.perf_counter() - start, json_path, f"{args.bound} bound")
+        return
     result = sd.evaluate_bpd(
         run.model, run.sde, data.levels.to(device), num_bins=data.num_levels, transform=data.transform,
         batch_size=args.batch_size, divergence=args.divergence, num_probes=args.num_probes, rtol=args.rtol,
         atol=args.rtol, seed=args.seed, out_dir=args.resume_dir, progress=args.progress,
     )  # fmt: skip
-    seconds = time.perf_counter() - start
+    _report_bpd(args, run, result, time.perf_counter() - start, json_path, f"{args.divergence} divergence")
+
+
+def _report_bpd(args: argparse.Namespace, run: Any, result: Any, seconds: float, json_path: Path | None,
+                how: str) -> None:  # fmt: skip
+    """Print a bits/dim evaluation (rank 0) and write its JSON record if asked."""
     if distributed_context()[0] != 0:
         return
     print(
         f"{args.split} bits/dim: {result.mean:.4f} ± {result.std_error:.4f} (standard error; "
-        f"{result.num_samples} images, {args.divergence} divergence, NFE {result.nfe}, {seconds:.0f} s; "
-        f"checkpoint step {run.step})"
+        f"{result.num_samples} images, {how}, NFE {result.nfe}, {seconds:.0f} s; checkpoint step {run.step})"
     )
     if json_path is not None:
         record = {
             "split": args.split, "bpd": result.mean, "std_error": result.std_error, "images": result.num_samples,
-            "nfe": result.nfe, "divergence": args.divergence, "rtol": args.rtol, "step": run.step, "seconds": seconds,
+            "nfe": result.nfe, "bound": args.bound, "divergence": args.divergence, "rtol": args.rtol,
+            "step": run.step, "seconds": seconds,
         }  # fmt: skip
         atomic_write_text(json_path, json.dumps(record, indent=2) + "\n")
 
@@ -333,7 +358,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     sample = sub.add_parser("sample", help="draw samples from a checkpoint: PNG grid and .pt tensor")
     add_checkpoint_args(sample)
-    sample.add_argument("--sampler", choices=("pc", "ode", "sde"), default="ode")
+    sample.add_argument("--sampler", choices=("pc", "ode", "sde", *DISCRETE_SAMPLERS), default="ode",
+                        help="pc, ode, sde, or discrete time: ddpm (--steps N chain steps, default 1000), ddim "
+                             "(--steps of a 1000-step chain, default 50; --eta), ncsn (annealed Langevin on "
+                             "--steps noise levels, default 10)")  # fmt: skip
+    sample.add_argument("--eta", type=float, default=0.0, help="DDIM's eta >= 0 (0: deterministic, 1: DDPM-like)")
     sample.add_argument(
         "--method", help="ODE method (dopri5, heun, dpmpp_2m, ...) or SDE method (euler_maruyama, srk, ...)"
     )
@@ -361,6 +390,12 @@ def build_parser() -> argparse.ArgumentParser:
     likelihood.add_argument("--estimator", choices=divergences, dest="divergence", action=_Renamed,
                             new="--divergence", help=argparse.SUPPRESS)  # fmt: skip
     likelihood.add_argument("--num-probes", type=_positive_int, default=1)
+    likelihood.add_argument("--bound", choices=("ode", *ELBO_BOUNDS), default="ode",
+                            help="ode (probability flow, dequantized), elbo (continuous-time variational bound) "
+                                 "or ddpm (the discrete bound of a --steps chain)")  # fmt: skip
+    likelihood.add_argument("--steps", type=_positive_int, default=1000, help="chain steps of --bound ddpm")
+    likelihood.add_argument("--num-time-samples", type=_positive_int, default=1,
+                            help="time draws per image of the ELBO bounds")  # fmt: skip
     likelihood.add_argument("--num-images", type=_positive_int, help="the first N images of the split (default all)")
     likelihood.add_argument("--batch-size", type=_positive_int, default=128)
     likelihood.add_argument("--json", help="also write the result to this JSON file")

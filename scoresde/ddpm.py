@@ -49,12 +49,14 @@ from scoresde.solvers import CountingScore
 from scoresde.timesteps import time_grid
 
 __all__ = [
+    "DISCRETE_SAMPLERS",
     "VARIANCES",
     "DiscreteSchedule",
     "ncsn_sigmas",
     "sample_annealed_langevin",
     "sample_ddim",
     "sample_ddpm",
+    "sample_discrete",
 ]
 
 VARIANCES = ("beta_tilde", "beta")
@@ -622,3 +624,41 @@ def sample_annealed_langevin(
         x = denoiser(x, len(sigmas) - 1)
         check_finite(x, "the denoised sample (Tweedie step at sigma_L)")
     return SampleResult(x=x, nfe=score.calls)
+
+
+DISCRETE_SAMPLERS = ("ddpm", "ddim", "ncsn")
+"""The samplers of :func:`sample_discrete` (and of ``scoresde sample --sampler``)."""
+
+
+def sample_discrete(
+    score_fn: ScoreFn,
+    sde: LinearSDE,
+    shape: tuple[int, ...],
+    *,
+    sampler: str,
+    num_steps: int | None = None,
+    eta: float = 0.0,
+    clip_x0: tuple[float, float] | None = (-1.0, 1.0),
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> SampleResult:
+    """A discrete-time sampler of a continuous-time score model of ``sde``, with the command line's
+    defaults: ``"ddpm"`` runs :func:`sample_ddpm` on ``DiscreteSchedule.from_sde(sde, num_steps or 1000)``;
+    ``"ddim"`` runs :func:`sample_ddim` with ``eta`` on ``num_steps`` (default 50) of the 1000-step chain;
+    ``"ncsn"`` runs :func:`sample_annealed_langevin` on ``num_steps`` (default 10) geometric levels from
+    :math:`\\sigma/\\alpha` at ``T`` to its value at ``t = 1e-3``, 100 steps a level, ``step_size`` 2e-5,
+    with the final denoising step. ``clip_x0``: the data range for DDPM/DDIM's :math:`\\hat x_0`."""
+    if sampler not in DISCRETE_SAMPLERS:
+        raise ValueError(f"sampler must be one of {DISCRETE_SAMPLERS}, got {sampler!r}")
+    common = {"generator": generator, "device": device}
+    if sampler == "ddpm":
+        return sample_ddpm(
+            score_fn, DiscreteSchedule.from_sde(sde, num_steps or 1000), shape, clip_x0=clip_x0, **common
+        )
+    if sampler == "ddim":
+        schedule = DiscreteSchedule.from_sde(sde, 1000)
+        return sample_ddim(score_fn, schedule, shape, num_steps=num_steps or 50, eta=eta, clip_x0=clip_x0, **common)
+    ends = torch.tensor([sde.T, 1e-3], dtype=torch.float64)
+    top, bottom = (-0.5 * sde.log_snr(ends)).exp().tolist()
+    sigmas = ncsn_sigmas(top, bottom, num_steps or 10)
+    return sample_annealed_langevin(score_fn, sde, shape, sigmas=sigmas, denoise=True, **common)

@@ -29,16 +29,18 @@ from torch import Tensor
 
 from scoresde._tensor import append_dims, as_time, check_finite, check_float, check_generator
 from scoresde.ddpm import DiscreteSchedule, FrameDenoiser, _check_schedule
-from scoresde.discrete_data import DataTransform, _check_discrete, dequantize
+from scoresde.discrete_data import BpdEvaluation, DataTransform, _check_discrete, dequantize
 from scoresde.losses import eps_residual, sample_time
 from scoresde.sde.base import LinearSDE, ScoreFn
 from scoresde.solvers import CountingScore
 
 __all__ = [
     "DDPM_TIME_SAMPLINGS",
+    "ELBO_BOUNDS",
     "ElboResult",
     "continuous_elbo",
     "ddpm_elbo",
+    "evaluate_elbo",
     "discretized_gaussian_log_likelihood",
 ]
 
@@ -295,3 +297,45 @@ def continuous_elbo(
     mean = decode(x_min / a_min, 0)
     reconstruction = _decoder_term(x, x0, mean, x0.new_full((batch,), s_min / a_min), num_bins, transform)
     return _result(x0, prior, diffusion, reconstruction, score.calls)
+
+
+ELBO_BOUNDS = ("elbo", "ddpm")
+"""The bounds of :func:`evaluate_elbo`: the continuous-time ELBO and DDPM's discrete one."""
+
+
+def evaluate_elbo(
+    score_fn: ScoreFn,
+    sde: LinearSDE,
+    levels: Tensor,
+    *,
+    num_bins: int,
+    bound: str = "elbo",
+    transform: DataTransform | None = None,
+    num_steps: int = 1000,
+    num_time_samples: int = 1,
+    batch_size: int = 256,
+    generator: torch.Generator | None = None,
+) -> BpdEvaluation:
+    """Mean bits/dim of a data set of integer ``levels`` ``(n, *event)`` by a variational bound, and its
+    standard error: ``bound="elbo"`` (:func:`continuous_elbo`) or ``"ddpm"`` (:func:`ddpm_elbo` on
+    ``DiscreteSchedule.from_sde(sde, num_steps, grid="log_snr")``), batch by batch."""
+    if bound not in ELBO_BOUNDS:
+        raise ValueError(f"bound must be one of {ELBO_BOUNDS}, got {bound!r}")
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    kwargs = {"num_bins": num_bins, "transform": transform, "num_time_samples": num_time_samples,
+              "generator": generator}  # fmt: skip
+    if bound == "ddpm":
+        schedule = DiscreteSchedule.from_sde(sde, num_steps, grid="log_snr")
+    values, nfe = [], 0
+    with torch.no_grad():
+        for batch in levels.split(batch_size):
+            if bound == "ddpm":
+                result = ddpm_elbo(score_fn, schedule, batch, **kwargs)
+            else:
+                result = continuous_elbo(score_fn, sde, batch, **kwargs)
+            values.append(result.bits_per_dim.to(torch.float64))
+            nfe += result.nfe
+    bpd = torch.cat(values)
+    n = bpd.numel()
+    return BpdEvaluation(bpd.mean().item(), bpd.std().item() / math.sqrt(n) if n > 1 else math.nan, n, nfe)
