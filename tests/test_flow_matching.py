@@ -9,7 +9,7 @@ import torch
 
 import scoresde as sd
 from scoresde.cli import main
-from scoresde.config import build_model, build_sde, load_run
+from scoresde.config import DEFAULT_CONFIG, build_model, build_sde, load_run
 from tests.conftest import overlapping_mixture_2d, separated_mixture_2d
 from tests.test_cli import TINY
 
@@ -152,8 +152,7 @@ def test_configs_build_paths_and_velocity_models():
     assert isinstance(build_sde({"name": "cosine_path"}), sd.CosinePath)
     with pytest.raises(ValueError, match=r"sde\.name must be .* got 'rectified'"):
         build_sde({"name": "rectified"})
-    section = {"channels": 8, "channel_mults": [1, 2], "num_res_blocks": 1, "attention_levels": [], "num_heads": 1,
-               "dropout": 0.0, "embedding": "fourier"}  # fmt: skip
+    section = {**DEFAULT_CONFIG["model"], "channels": 8, "channel_mults": [1, 2], "attention_levels": []}
     assert isinstance(build_model(section, (1, 8, 8), sd.LinearPath(), "flow_matching"), sd.FlowVelocity)
 
 
