@@ -19,7 +19,9 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import fields
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +31,13 @@ import scoresde as sd
 from scoresde._atomic import atomic_write, atomic_write_text
 from scoresde._paths import check_output_file, check_output_folder
 from scoresde.checkpoint import load_checkpoint
-from scoresde.config import DEFAULT_CONFIG, build_trainer, load_config, load_data, load_run
+from scoresde.config import DEFAULT_CONFIG, Run, build_trainer, load_config, load_data, load_run
 from scoresde.data import to_levels
 from scoresde.ddpm import DISCRETE_SAMPLERS, sample_discrete
 from scoresde.demo import digits_demo, toy_demo
 from scoresde.distributed import distributed_context, init_distributed, resolve_device, sample_in_shards
 from scoresde.elbo import ELBO_BOUNDS, evaluate_elbo
+from scoresde.guidance import INPAINT_SAMPLERS, MASK_REGIONS, ClassifierFreeGuidance, image_mask, inpaint
 from scoresde.solvers import METHODS
 from scoresde.train import TrainConfig, Trainer
 
@@ -96,6 +99,8 @@ def _flag_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
             overrides.setdefault(section, {})[key] = value
     if args.download:
         overrides.setdefault("data", {})["download"] = True
+    if args.conditional:
+        overrides.setdefault("model", {})["conditional"] = True
     return overrides
 
 
@@ -196,6 +201,10 @@ def _sample_settings(args: argparse.Namespace) -> dict[str, Any]:
     else:
         settings["method"] = args.method or _DEFAULT_METHODS[sampler]
     settings.update({"steps": steps} if steps is not None else {"rtol": args.rtol})
+    if args.label is not None:
+        settings.update(label=args.label, guidance=1.0 if args.guidance is None else args.guidance)
+    if args.inpaint:
+        settings["inpaint"] = args.inpaint
     return {**settings, "num": args.num, "seed": args.seed, "ema": not args.no_ema}
 
 
@@ -206,6 +215,10 @@ def _sample_stem(settings: dict[str, Any], step: int) -> str:
     if "snr" in settings:
         parts.append(f"snr{settings['snr']:g}")
     parts.append(f"{settings['steps']}steps" if "steps" in settings else f"rtol{settings['rtol']:g}")
+    if "label" in settings:
+        parts.append(f"class{settings['label']}-s{settings['guidance']:g}")
+    if "inpaint" in settings:
+        parts.append(f"inpaint{settings['inpaint']}")
     parts += [f"n{settings['num']}", f"seed{settings['seed']}", f"ckpt{step}"]
     return "-".join(parts) + ("" if settings["ema"] else "-raw")
 
@@ -220,13 +233,8 @@ def _sample(args: argparse.Namespace) -> None:
     for path in _sample_paths(stem):
         check_output_file(path, "--out")
 
-    def draw(indices: torch.Tensor) -> sd.SampleResult:
-        return draw_samples(
-            run.model, run.sde, (len(indices), *run.event_shape), sampler=args.sampler, num_steps=args.steps,
-            method=args.method, snr=args.snr, corrector=args.corrector, rtol=args.rtol, seed=args.seed,
-            sample_indices=indices, device=device, eta=args.eta,
-        )  # fmt: skip
-
+    model = _guided_model(run.model, args)
+    draw = _inpainter(model, run, args, device) if args.inpaint else partial(_draw, model, run, args, device)
     x, nfe = sample_in_shards(draw, args.num, args.batch_size)
     if distributed_context()[0] != 0:
         return
@@ -235,6 +243,44 @@ def _sample(args: argparse.Namespace) -> None:
     record = {"x": x, "levels": levels.cpu(), "nfe": nfe, "step": run.step, **settings}
     atomic_write(tensors, lambda f: torch.save(record, f))
     print(f"{args.num} samples ({args.sampler}, NFE {nfe}) from step {run.step}: {png}, {tensors}")
+
+
+def _draw(model: torch.nn.Module, run: Run, args: argparse.Namespace, device: torch.device,
+          indices: torch.Tensor) -> sd.SampleResult:  # fmt: skip
+    return draw_samples(
+        model, run.sde, (len(indices), *run.event_shape), sampler=args.sampler, num_steps=args.steps,
+        method=args.method, snr=args.snr, corrector=args.corrector, rtol=args.rtol, seed=args.seed,
+        sample_indices=indices, device=device, eta=args.eta,
+    )  # fmt: skip
+
+
+def _guided_model(model: torch.nn.Module, args: argparse.Namespace) -> torch.nn.Module:
+    """The run's model, or its classifier-free guided score for ``--class`` (``--guidance``)."""
+    if args.label is None:
+        if args.guidance is not None:
+            raise ValueError(f"--guidance {args.guidance:g} needs --class K (the class to guide towards)")
+        return model
+    return ClassifierFreeGuidance(model, args.label, scale=args.guidance)
+
+
+def _inpainter(model: torch.nn.Module, run: Run, args: argparse.Namespace,
+               device: torch.device) -> Callable[[torch.Tensor], sd.SampleResult]:  # fmt: skip
+    """``indices -> result``: the ``--inpaint`` half of test image ``i`` (cycling) filled in, per-sample seeds."""
+    if args.sampler not in INPAINT_SAMPLERS:
+        raise ValueError(f"--inpaint runs with --sampler pc or ode, got {args.sampler!r}")
+    mask = image_mask(run.event_shape, args.inpaint)
+    test = load_data(run.config["data"], "test")
+    steps = args.steps or (_DEFAULT_STEPS["pc"] if args.sampler == "pc" else 100)
+    corrector = None if args.corrector == "none" else args.corrector
+    extra = {"snr": args.snr, "corrector": corrector} if args.sampler == "pc" else {"ode_method": args.method or "heun"}
+
+    def draw(indices: torch.Tensor) -> sd.SampleResult:
+        observed = test.to_model(test.levels[indices % len(test)].to(device), dequantize=False)
+        with torch.no_grad():
+            return inpaint(model, run.sde, mask.to(device), observed, sampler=args.sampler, num_steps=steps,
+                           t_end=1e-3, seed=args.seed, sample_indices=indices, **extra)  # fmt: skip
+
+    return draw
 
 
 def _sample_paths(stem: Path) -> tuple[Path, Path]:
@@ -343,6 +389,9 @@ def build_parser() -> argparse.ArgumentParser:
         train.add_argument(flag, type=_ints if kind == "ints" else kind, default=None,
                            help=_with_default(text, DEFAULT_CONFIG[section][key]))  # fmt: skip
     train.add_argument("--download", action="store_true", help="fetch an opt-in data set (needs torchvision)")
+    train.add_argument("--conditional", action="store_true",
+                       help="a class-conditional model on the data's labels, trained with label dropout to a null "
+                            "label (--label-dropout) for classifier-free guidance")  # fmt: skip
     train.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
                        help="continue the run in --out from its checkpoint.pt, or from CHECKPOINT (e.g. "
                             "checkpoint-previous.pt after a divergence; --out defaults to its folder)")  # fmt: skip
@@ -379,6 +428,14 @@ def build_parser() -> argparse.ArgumentParser:
                                       "pc-langevin-snr0.16-500steps-n64-seed0-ckpt2000.png and .pt, so runs "
                                       "with other settings never overwrite each other (the same command "
                                       "rewrites the same files)")  # fmt: skip
+    sample.add_argument("--class", dest="label", type=int, help="class K of a conditional model (--conditional)")
+    sample.add_argument("--guidance", type=float, help="classifier-free guidance scale s with --class: eps_null + "
+                                                       "s (eps_K - eps_null) = (1 + w) eps_K - w eps_null, w = s - 1 "
+                                                       "(default 1: the conditional model)")  # fmt: skip
+    sample.add_argument("--inpaint", choices=MASK_REGIONS, metavar="MASK",
+                        help="fill in this half (top, bottom, left or right) of the test images, one per sample, "
+                             "by Song et al.'s replacement (--sampler pc or ode; --method: a fixed-step ODE "
+                             "method)")  # fmt: skip
     sample.set_defaults(func=_sample, on_interrupt="no samples were written")
 
     likelihood = sub.add_parser("likelihood", help="bits/dim of a data split under a checkpoint")

@@ -66,6 +66,7 @@ __all__ = [
     "check_labels",
     "classifier_loss",
     "guidance_scale",
+    "image_mask",
     "inpaint",
 ]
 
@@ -350,6 +351,22 @@ class RePaint(Replacement):
             if j < self.resample - 1:  # back to t through the forward kernel
                 x = scale.to(x.dtype) * x_s + std.to(x.dtype) * ctx.noise.randn_like(x_s)
         return x_s
+
+
+MASK_REGIONS = ("top", "bottom", "left", "right")
+
+
+def image_mask(event_shape: tuple[int, ...], missing: str) -> Tensor:
+    """The boolean mask (``True`` = observed) of an image of ``event_shape`` ``(C, H, W)`` (or ``(H, W)``)
+    whose ``missing`` half is to be filled in: ``"top"``, ``"bottom"``, ``"left"`` or ``"right"``."""
+    if missing not in MASK_REGIONS:
+        raise ValueError(f"the region to inpaint must be one of {MASK_REGIONS}, got {missing!r}")
+    if len(event_shape) < 2:
+        raise ValueError(f"image masks need images (C, H, W) or (H, W), got event shape {tuple(event_shape)}")
+    h, w = event_shape[-2:]
+    rows, cols = torch.arange(h)[:, None].expand(h, w), torch.arange(w)[None, :].expand(h, w)
+    hidden = {"top": rows < h // 2, "bottom": rows >= h // 2, "left": cols < w // 2, "right": cols >= w // 2}[missing]
+    return (~hidden).expand(tuple(event_shape)).clone()
 
 
 INPAINT_METHODS = ("replacement", "repaint")
