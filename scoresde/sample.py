@@ -61,7 +61,7 @@ from scoresde.solvers import (
     require_sde,
 )
 from scoresde.solvers.correctors import Corrector
-from scoresde.solvers.flow import check_flow_args, solve_flow
+from scoresde.solvers.flow import check_flow_args, refuse_tolerances, solve_flow
 from scoresde.solvers.methods import is_corrector, is_ode_solver, is_predictor, is_sde_solver, lookup
 from scoresde.solvers.predictors import Predictor
 from scoresde.solvers.sdeint import sdeint_reverse_sde
@@ -461,9 +461,7 @@ def sample_ode(
         solver, rtol, atol = check_flow_args(method, rtol, atol, options, steps, "sample_ode")
         stepper = None
     else:
-        ignored = [f"{name}={value!r}" for name, value in (("rtol", rtol), ("atol", atol)) if value is not None]
-        if ignored:
-            raise ValueError(f"method={method!r} takes fixed steps and uses no tolerance: drop {', '.join(ignored)}")
+        refuse_tolerances(method, rtol, atol)
         stepper = _build_stepper(solver.target, sde, score, options, method)
     if solver.adaptive:
         times = _grid(sde, timesteps, 1 if timesteps is None else None, "uniform", t_end)

@@ -204,15 +204,20 @@ def check_flow_args(
         rtol, atol = (1e-5 if rtol is None else rtol), (1e-5 if atol is None else atol)
         check_tolerances(rtol, atol)
         return method, rtol, atol
+    refuse_tolerances(name, rtol, atol)
+    if num_steps is None and not grid_in_options:
+        raise ValueError(f"fixed-grid method {name!r} needs num_steps (or options={{'step_size': ...}})")
+    return method, 0.0, 0.0  # torchdiffeq's fixed-grid solvers take but never read tolerances
+
+
+def refuse_tolerances(name: str, rtol: float | None, atol: float | None) -> None:
+    """Raise ``ValueError`` if a fixed-step method ``name`` is given a tolerance it would ignore."""
     ignored = [f"{key}={value!r}" for key, value in (("rtol", rtol), ("atol", atol)) if value is not None]
     if ignored:
         raise ValueError(
             f"method={name!r} takes fixed steps and uses no tolerance: drop {', '.join(ignored)} "
             f"or pick an adaptive method {names(lambda m: m.adaptive)}"
         )
-    if num_steps is None and not grid_in_options:
-        raise ValueError(f"fixed-grid method {name!r} needs num_steps (or options={{'step_size': ...}})")
-    return method, 0.0, 0.0  # torchdiffeq's fixed-grid solvers take but never read tolerances
 
 
 @dataclass(frozen=True)
