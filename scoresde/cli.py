@@ -161,18 +161,15 @@ def draw_samples(
     PC = reverse diffusion + Langevin, 500 steps; ODE = dopri5 (``rtol = atol``); both end at
     t = 1e-3 with a denoising step (Song et al.); SDE = Euler–Maruyama, 1000 steps. Noise from
     per-sample seeds (``seed``, ``sample_indices``), except torchsde's methods (a seed per batch). ``ddpm``,
-    ``ddim`` (with ``eta``) and ``ncsn``: :func:`scoresde.ddpm.sample_discrete` (a seed per batch)."""
-    if sampler in DISCRETE_SAMPLERS:  # discrete time: a generator per batch (by its first index)
-        first = 0 if sample_indices is None else int(sample_indices[0])
-        gen = torch.Generator(device).manual_seed(seed * 1_000_003 + first)
+    ``ddim`` (with ``eta``) and ``ncsn``: :func:`scoresde.ddpm.sample_discrete`, per-sample seeds too."""
+    common: dict[str, Any] = {"seed": seed, "sample_indices": sample_indices, "device": device}
+    if sampler in DISCRETE_SAMPLERS:
         with torch.no_grad():
-            return sample_discrete(model, sde, shape, sampler=sampler, num_steps=num_steps, eta=eta, generator=gen,
-                                   device=device)  # fmt: skip
+            return sample_discrete(model, sde, shape, sampler=sampler, num_steps=num_steps, eta=eta, **common)
     if sampler not in ("pc", "ode", "sde"):
         raise ValueError(f"sampler must be pc, ode, sde, ddpm, ddim or ncsn, got {sampler!r}")
     num_steps = _DEFAULT_STEPS.get(sampler) if num_steps is None else num_steps
     method = method or _DEFAULT_METHODS.get(sampler)
-    common: dict[str, Any] = {"seed": seed, "sample_indices": sample_indices, "device": device}
     if sampler == "sde" and METHODS.get(method or "") is not None and METHODS[method].runner == "torchsde":
         # torchsde's Brownian motion is one per batch: a seed per batch (by its first index) instead
         first = 0 if sample_indices is None else int(sample_indices[0])

@@ -42,7 +42,8 @@ from scoresde._tensor import (
     check_generator,
     time_dtype,
 )
-from scoresde.sample import SampleResult, _run_grid
+from scoresde.noise import Noise
+from scoresde.sample import SampleResult, _noise, _run_grid
 from scoresde.sde.base import LinearSDE, ScoreFn
 from scoresde.sde.vp import VPSDE, CosineBeta
 from scoresde.solvers import CountingScore
@@ -361,12 +362,10 @@ def _limit_x0(x0: Tensor, clip_x0: tuple[float, float] | None, dynamic_threshold
 # samplers
 
 
-def _initial_noise(shape: tuple[int, ...] | None, x_init: Tensor | None, scale: float,
-                   generator: torch.Generator | None, device: torch.device | str | None,
-                   dtype: torch.dtype | None) -> Tensor:  # fmt: skip
+def _initial_noise(shape: tuple[int, ...] | None, x_init: Tensor | None, scale: float, noise: Noise,
+                   device: torch.device | str | None, dtype: torch.dtype | None) -> Tensor:  # fmt: skip
     """The start of a discrete chain: ``x_init`` (checked, not modified), or ``scale`` times a standard
-    normal draw of ``shape``."""
-    check_generator(generator)
+    normal draw of ``shape`` from ``noise`` (the run's generator or per-sample seeds)."""
     check_float_dtype(dtype)
     device = check_device(device)
     if x_init is not None:
@@ -377,7 +376,7 @@ def _initial_noise(shape: tuple[int, ...] | None, x_init: Tensor | None, scale: 
         return x_init.to(device=device or x_init.device, dtype=dtype or x_init.dtype)
     if shape is None or len(shape) < 2 or not all(isinstance(n, int) and n > 0 for n in shape):
         raise ValueError(f"shape must be (batch, *event) of positive ints (or give x_init), got {shape!r}")
-    return scale * torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)
+    return scale * noise.randn(tuple(shape), dtype=dtype or torch.get_default_dtype(), device=device)
 
 
 def _check_schedule(schedule: object) -> DiscreteSchedule:
@@ -400,7 +399,7 @@ def _run_chain(
     x: Tensor,
     update: Callable[[Tensor, Tensor, Tensor, int], Tensor],
     limits: tuple[tuple[float, float] | None, float | None],
-    generator: torch.Generator | None,
+    noise: Noise,
     progress: bool,
     desc: str,
 ) -> SampleResult:
@@ -411,7 +410,7 @@ def _run_chain(
 
     def step(x: Tensor, i: int, t: Tensor, s: Tensor) -> Tensor:
         x0 = _limit_x0(denoiser(x, i), *limits)
-        z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        z = noise.randn_like(x)
         return update(x, x0, z, i)
 
     grid = torch.cat([schedule.times[steps - 1], torch.zeros(1, dtype=torch.float64)])
@@ -429,6 +428,8 @@ def sample_ddpm(
     dynamic_threshold: float | None = None,
     x_init: Tensor | None = None,
     generator: torch.Generator | None = None,
+    seed: int | None = None,
+    sample_indices: Tensor | Sequence[int] | None = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
     progress: bool = False,
@@ -449,6 +450,10 @@ def sample_ddpm(
         clip_x0: clip :math:`\hat x_0` to this data range, e.g. ``(-1, 1)``.
         dynamic_threshold: Saharia et al.'s quantile (e.g. 0.995) instead of a plain clip, in
             ``clip_x0``'s range (default ``(-1, 1)``).
+        generator: the noise of the whole batch; or ``seed`` and ``sample_indices`` (``(batch,)``,
+            default ``0..batch-1``): per-sample seeds (:class:`~scoresde.noise.SampleNoise`), so the
+            start and every draw of sample ``sample_indices[b]`` depend on ``(seed, index)`` only and
+            the sample is the same bits whatever the batch size (as in :func:`~scoresde.sample_pc`).
 
     Returns:
         :class:`~scoresde.SampleResult`: ``x`` (batch, *event), ``nfe`` = N.
@@ -456,7 +461,8 @@ def sample_ddpm(
     schedule = _check_schedule(schedule)
     variances = schedule.reverse_variance(variance)
     clip_x0 = _check_x0_options(clip_x0, dynamic_threshold)
-    x = _initial_noise(shape, x_init, 1.0, generator, device, dtype)
+    noise = _noise(generator, seed, sample_indices)
+    x = _initial_noise(shape, x_init, 1.0, noise, device, dtype)
     steps = torch.arange(schedule.num_steps, 0, -1)
     idx = steps - 1
     std = variances[idx].sqrt()
@@ -468,7 +474,7 @@ def sample_ddpm(
         return c1[i] * x0 + c2[i] * x + std[i] * z
 
     limits = (clip_x0, dynamic_threshold)
-    return _run_chain(score_fn, schedule, steps, x, update, limits, generator, progress, f"sample_ddpm({variance})")
+    return _run_chain(score_fn, schedule, steps, x, update, limits, noise, progress, f"sample_ddpm({variance})")
 
 
 def sample_ddim(
@@ -483,6 +489,8 @@ def sample_ddim(
     dynamic_threshold: float | None = None,
     x_init: Tensor | None = None,
     generator: torch.Generator | None = None,
+    seed: int | None = None,
+    sample_indices: Tensor | Sequence[int] | None = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
     progress: bool = False,
@@ -520,7 +528,8 @@ def sample_ddim(
             raise ValueError(f"steps must be a strictly decreasing 1-D sub-sequence of [1, N], got {steps.tolist()}")
     else:
         steps = schedule.subsequence(min(50, schedule.num_steps) if num_steps is None else num_steps)
-    x = _initial_noise(shape, x_init, 1.0, generator, device, dtype)
+    noise = _noise(generator, seed, sample_indices)
+    x = _initial_noise(shape, x_init, 1.0, noise, device, dtype)
     ab = schedule.alpha_bar[steps - 1]
     ab_prev = torch.cat([ab[1:], torch.ones(1, dtype=torch.float64)])
     one_minus = schedule.one_minus_alpha_bar[steps - 1]
@@ -536,7 +545,7 @@ def sample_ddim(
         return c_x0[i] * x0 + c_eps[i] * eps + c_noise[i] * z
 
     limits = (clip_x0, dynamic_threshold)
-    return _run_chain(score_fn, schedule, steps, x, update, limits, generator, progress, f"sample_ddim(eta={eta:g})")
+    return _run_chain(score_fn, schedule, steps, x, update, limits, noise, progress, f"sample_ddim(eta={eta:g})")
 
 
 def ncsn_sigmas(sigma_max: float = 1.0, sigma_min: float = 0.01, num_levels: int = 10) -> Tensor:
@@ -564,6 +573,8 @@ def sample_annealed_langevin(
     denoise: bool = False,
     x_init: Tensor | None = None,
     generator: torch.Generator | None = None,
+    seed: int | None = None,
+    sample_indices: Tensor | Sequence[int] | None = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
     progress: bool = False,
@@ -583,6 +594,12 @@ def sample_annealed_langevin(
             within ``sde``'s range of :math:`\sigma/\alpha` on ``[0, T]``.
         denoise: finish with Tweedie's :math:`x + \sigma_L^2\nabla\log p_{\sigma_L}(x)` (one more NFE;
             Song & Ermon 2020, "Improved techniques").
+        generator, seed, sample_indices: the noise, as :func:`sample_ddpm`.
+
+    On a :class:`~scoresde.VESDE` this is the shared loop's corrector-only run from the same ``x_init``:
+    ``sample_pc(predictor=None, corrector="annealed_langevin", snr=sqrt(step_size) / (2 sigma_L),
+    corrector_steps=T, timesteps=<the levels' times>, denoise=False)`` (its step
+    :math:`\epsilon = 2 (r\sigma_i)^2` is :math:`\alpha_i/2`).
 
     Returns:
         :class:`~scoresde.SampleResult` with ``nfe`` = L T (+1 with ``denoise``).
@@ -604,7 +621,8 @@ def sample_annealed_langevin(
     if not isinstance(denoise, bool):
         raise TypeError(f"denoise must be True or False, got {denoise!r}")
     score = CountingScore(score_fn)
-    x = _initial_noise(shape, x_init, sigmas[0].item(), generator, device, dtype)
+    noise = _noise(generator, seed, sample_indices)
+    x = _initial_noise(shape, x_init, sigmas[0].item(), noise, device, dtype)
     times = sde.inverse_log_snr(-2 * sigmas.log()).clamp(0, sde.T)
     ones = torch.ones_like(sigmas)
     denoiser = FrameDenoiser(score, sde, ones, sigmas, times, x)
@@ -614,7 +632,7 @@ def sample_annealed_langevin(
     def step(x: Tensor, i: int, t: Tensor, s: Tensor) -> Tensor:
         level = i // steps_per_level
         frame_score = (denoiser(x, level) - x) * inv_var[level]  # (x0_hat - x)/sigma^2
-        z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        z = noise.randn_like(x)
         return x + 0.5 * alphas[level] * frame_score + alphas[level].sqrt() * z
 
     grid = torch.cat([times[:1], times.repeat_interleave(steps_per_level)])
@@ -640,6 +658,8 @@ def sample_discrete(
     eta: float = 0.0,
     clip_x0: tuple[float, float] | None = (-1.0, 1.0),
     generator: torch.Generator | None = None,
+    seed: int | None = None,
+    sample_indices: Tensor | Sequence[int] | None = None,
     device: torch.device | str | None = None,
 ) -> SampleResult:
     """A discrete-time sampler of a continuous-time score model of ``sde``, with the command line's
@@ -647,10 +667,11 @@ def sample_discrete(
     ``"ddim"`` runs :func:`sample_ddim` with ``eta`` on ``num_steps`` (default 50) of the 1000-step chain;
     ``"ncsn"`` runs :func:`sample_annealed_langevin` on ``num_steps`` (default 10) geometric levels from
     :math:`\\sigma/\\alpha` at ``T`` to its value at ``t = 1e-3``, 100 steps a level, ``step_size`` 2e-5,
-    with the final denoising step. ``clip_x0``: the data range for DDPM/DDIM's :math:`\\hat x_0`."""
+    with the final denoising step. ``clip_x0``: the data range for DDPM/DDIM's :math:`\\hat x_0`;
+    ``generator`` or per-sample ``seed``/``sample_indices`` as in :func:`sample_ddpm`."""
     if sampler not in DISCRETE_SAMPLERS:
         raise ValueError(f"sampler must be one of {DISCRETE_SAMPLERS}, got {sampler!r}")
-    common = {"generator": generator, "device": device}
+    common = {"generator": generator, "seed": seed, "sample_indices": sample_indices, "device": device}
     if sampler == "ddpm":
         return sample_ddpm(
             score_fn, DiscreteSchedule.from_sde(sde, num_steps or 1000), shape, clip_x0=clip_x0, **common

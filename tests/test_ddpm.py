@@ -218,6 +218,48 @@ def test_annealed_langevin_under_vp_is_the_same_chain():
     assert torch.allclose(a.x, b.x, atol=1e-8)
 
 
+SCHEDULE = DiscreteSchedule.linear(30, 0.005, 0.3)
+VE = sd.VESDE(0.01, 50.0)
+
+
+def _ddpm(gmm, **kw):
+    return sample_ddpm(gmm.score_fn(SCHEDULE.sde), SCHEDULE, dynamic_threshold=0.9, clip_x0=(-3, 3), **kw)
+
+
+def _ddim(gmm, **kw):
+    return sample_ddim(gmm.score_fn(SCHEDULE.sde), SCHEDULE, num_steps=7, eta=0.5, **kw)
+
+
+def _ncsn(gmm, **kw):
+    sigmas = ncsn_sigmas(5.0, 0.05, 4)
+    return sample_annealed_langevin(gmm.score_fn(VE), VE, sigmas=sigmas, steps_per_level=5, denoise=True, **kw)
+
+
+DISCRETE_RUNS = {"ddpm": _ddpm, "ddim_eta0.5": _ddim, "ncsn": _ncsn}
+
+
+@pytest.mark.parametrize("sampler", list(DISCRETE_RUNS))
+def test_sample_i_is_the_same_for_batch_sizes_1_7_and_64(sampler):
+    """Per-sample seeds: sample i of a batch of 64 is bit for bit sample i of a batch [i] or of 7 others
+    (the start, every draw, per-sample dynamic thresholding); another seed gives other samples."""
+    gmm, run = overlapping_mixture_2d(), DISCRETE_RUNS[sampler]
+    whole = run(gmm, shape=(64, 2), seed=11).x
+    for indices in ([33], list(range(20, 27))):
+        part = run(gmm, shape=(len(indices), 2), seed=11, sample_indices=indices).x
+        assert torch.equal(part, whole[indices])
+    assert not torch.equal(run(gmm, shape=(64, 2), seed=12).x, whole)
+    assert torch.equal(run(gmm, shape=(64, 2), seed=11).x, whole)
+
+
+def test_generator_runs_are_unchanged_by_the_noise_source():
+    """With a generator the draws are torch's, as before per-sample seeds: the start is randn(shape)."""
+    gmm = overlapping_mixture_2d()
+    a = _ddim(gmm, shape=(16, 2), generator=torch.Generator().manual_seed(3))
+    g = torch.Generator().manual_seed(3)
+    z = torch.randn((16, 2), generator=g)  # the start's draw, then the same generator for the steps
+    assert torch.equal(_ddim(gmm, x_init=z, generator=g).x, a.x)
+
+
 def test_samplers_keep_dtype_and_event_shape():
     gmm = sd.GaussianMixture(torch.zeros(1, 6), torch.ones(1, 6), event_shape=(1, 2, 3))
     s = DiscreteSchedule.linear(20, 0.005, 0.5)
@@ -261,6 +303,19 @@ def test_samplers_keep_dtype_and_event_shape():
             lambda: sample_annealed_langevin(lambda x, t: x, sd.VESDE(), (2, 2), sigmas=[1.0, 2.0]),
             "strictly decreasing",
         ),
+        (
+            lambda: sample_ddpm(lambda x, t: x, SCHEDULE, (2, 2), seed=1, generator=torch.Generator()),
+            "give generator or seed",
+        ),
+        (
+            lambda: sample_ddim(lambda x, t: x, DiscreteSchedule.linear(10), (2, 2), sample_indices=[0, 1]),
+            "need a seed",
+        ),
+        (
+            lambda: sample_annealed_langevin(lambda x, t: x, sd.VESDE(), (2, 2), seed=1, sample_indices=[0, 1, 2]),
+            "3 sample indices for a batch of 2",
+        ),
+        (lambda: sample_ddpm(lambda x, t: x, DiscreteSchedule.linear(10), (2, 2), seed=-1), r"seed must be an int"),
     ],
 )
 def test_errors_name_the_value(call, match):
