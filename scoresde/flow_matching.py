@@ -28,8 +28,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from scoresde._tensor import append_dims, as_time, check_float, check_generator
-from scoresde.losses import _check_model_sde, sample_time
+from scoresde._tensor import append_dims, as_time, check_float
+from scoresde.losses import _check_model_sde, check_loss_inputs, sample_time
 from scoresde.score import ScoreModel
 from scoresde.sde.base import LinearSDE
 from scoresde.velocity import FlowVelocity
@@ -102,16 +102,7 @@ def flow_matching_loss(
         raise TypeError(f"flow_matching_loss needs a LinearSDE (a Gaussian path), got {type(sde).__name__}")
     if coupling not in COUPLINGS:
         raise ValueError(f"coupling must be one of {COUPLINGS}, got {coupling!r}")
-    if reduction not in ("mean", "sum"):
-        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
-    check_float(x0, "x0")
-    if x0.ndim < 2:
-        raise ValueError(f"x0 must be (batch, *event), got shape {tuple(x0.shape)}")
-    if noise is not None:
-        check_float(noise, "noise")
-        if noise.shape != x0.shape:
-            raise ValueError(f"noise shape {tuple(noise.shape)} differs from x0 shape {tuple(x0.shape)}")
-    check_generator(generator)
+    check_loss_inputs(x0, noise, reduction, generator)
     velocity = _velocity_of(model)
     _check_model_sde(model, sde)
 

@@ -59,6 +59,21 @@ def sample_time(
     return sde.inverse_log_snr(lam_lo + (lam_hi - lam_lo) * u).clamp(sde.t_min, sde.T)
 
 
+def check_loss_inputs(x0: Tensor, noise: Tensor | None, reduction: str, generator: torch.Generator | None) -> None:
+    """The checks every training loss makes of its batch: ``x0`` a floating-point ``(batch, *event)``
+    tensor, ``noise`` (if given) shaped like it, ``reduction`` ``"mean"`` or ``"sum"``, a generator."""
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+    check_float(x0, "x0")
+    if x0.ndim < 2:
+        raise ValueError(f"x0 must be (batch, *event), got shape {tuple(x0.shape)}")
+    if noise is not None:
+        check_float(noise, "noise")
+        if noise.shape != x0.shape:
+            raise ValueError(f"noise shape {tuple(noise.shape)} differs from x0 shape {tuple(x0.shape)}")
+    check_generator(generator)
+
+
 def _check_model_sde(model: Callable[[Tensor, Tensor], Tensor], sde: LinearSDE) -> None:
     """Refuse a score adapter (:mod:`scoresde.score`) built for another SDE than ``sde``: it
     would convert the network's output with one kernel while the loss perturbs with another.
@@ -193,16 +208,7 @@ def dsm_loss(
         raise ValueError(f"time_sampling must be one of {TIME_SAMPLINGS}, got {time_sampling!r}")
     if time_sampling == "importance" and weighting != "likelihood":
         raise ValueError(f"time_sampling='importance' is for weighting='likelihood', got weighting={weighting!r}")
-    if reduction not in ("mean", "sum"):
-        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
-    check_float(x0, "x0")
-    if x0.ndim < 2:
-        raise ValueError(f"x0 must be (batch, *event), got shape {tuple(x0.shape)}")
-    if noise is not None:
-        check_float(noise, "noise")
-        if noise.shape != x0.shape:
-            raise ValueError(f"noise shape {tuple(noise.shape)} differs from x0 shape {tuple(x0.shape)}")
-    check_generator(generator)
+    check_loss_inputs(x0, noise, reduction, generator)
     _check_model_sde(model, sde)
     if labels is not None or label_dropout:
         model = _conditional(model, x0, labels, label_dropout, generator)
