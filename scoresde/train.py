@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from scoresde._atomic import atomic_write, atomic_write_text, remove_stale_temporaries
-from scoresde._tensor import check_labels
+from scoresde._tensor import check_generator, check_labels
 from scoresde.checkpoint import check_plain, checkpoint_mismatch, load_checkpoint, save_checkpoint
 from scoresde.data import ImageData
 from scoresde.discrete_data import BpdEvaluation, evaluate_bpd
@@ -127,6 +127,7 @@ def fit(
         raise ValueError(f"steps must be a positive int, got {steps!r}")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    check_generator(generator)
     if isinstance(data, (Tensor, tuple)):
         pools = data if isinstance(data, tuple) else (data,)
         if len(pools) not in (1, 2) or not all(isinstance(p, Tensor) for p in pools):

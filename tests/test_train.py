@@ -56,6 +56,7 @@ def test_non_finite_loss_stops_with_a_clear_error():
     [
         (torch.zeros(8, 2), {"steps": 0}, ValueError, r"steps must be a positive int, got 0"),
         (torch.zeros(8, 2), {"batch_size": -2}, ValueError, r"batch_size must be a positive int, got -2"),
+        (torch.zeros(8, 2), {"generator": 42}, TypeError, r"generator must be a torch.Generator .* got int 42"),
         (torch.zeros(8), {}, ValueError, r"data must be \(n, \*event\) with n >= 1, got shape \(8,\)"),
         (torch.full((8, 2), float("inf")), {}, ValueError, r"data holds NaN or inf"),
         ([1, 2, 3], {}, TypeError, r"data must be a tensor or a callable .* got list"),
