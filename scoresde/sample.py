@@ -245,7 +245,7 @@ def _run_grid(
 
 
 def _run_predictor_corrector(
-    predictor: Predictor,
+    predictor: Predictor | None,
     corrector: Corrector | None,
     score: CountingScore,
     sde: SDE,
@@ -264,10 +264,13 @@ def _run_predictor_corrector(
 
     def step(x: Tensor, i: int, t: Tensor, s: Tensor) -> Tensor:
         # predictor first, then the corrector at the new time (Song et al. 2021, Alg. 1)
-        x = predictor.step(x, t, s, ctx)
+        x = x if predictor is None else predictor.step(x, t, s, ctx)
         return x if corrector is None else corrector.correct(x, s, t, ctx)
 
-    x, saved = _run_grid(_hooked(step, step_hook, ctx), x, grid, mask, progress=progress, desc=desc)
+    loop_grid, loop_mask = grid, mask
+    if predictor is None:  # corrector only: a level at every grid time, the start's too (a step from t_0 to t_0)
+        loop_grid, loop_mask = torch.cat([grid[:1], grid]), torch.cat([torch.zeros(1, dtype=torch.bool), mask])
+    x, saved = _run_grid(_hooked(step, step_hook, ctx), x, loop_grid, loop_mask, progress=progress, desc=desc)
     return _finish(sde, score, x, grid, denoise, _trajectory(grid, mask, saved))
 
 
@@ -281,7 +284,7 @@ def sample_pc(
     shape: tuple[int, ...] | None = None,
     *,
     num_steps: int | None = 1000,
-    predictor: str = "reverse_diffusion",
+    predictor: str | None = "reverse_diffusion",
     corrector: str | None = "langevin",
     snr: float = 0.16,
     corrector_steps: int = 1,
@@ -308,10 +311,22 @@ def sample_pc(
     1000 uniform steps, denoising at the end) are Song et al.'s; pass ``t_end=1e-3`` for their
     VP setting.
 
+    With ``predictor=None`` it is a corrector-only run, NCSN's annealed Langevin dynamics (Song &
+    Ermon 2019, Alg. 1) in the SDE's own frame: ``corrector_steps`` updates at *every* time of the
+    grid, the start :math:`t_0` included (the noise levels are the grid), NFE =
+    ``(num_steps + 1) * corrector_steps`` (+1). A level's step is the corrector's,
+    :math:`\epsilon = 2a^2(r\sigma_t)^2` for ``"annealed_langevin"`` with :math:`a = \alpha(t_{i})/\alpha(t_{i+1})`
+    (1 on a VE SDE and at :math:`t_0`), so on a :class:`~scoresde.VESDE` with ``snr`` :math:`r =
+    \sqrt{\epsilon_{NCSN}}/(2\sigma_L)` it takes :func:`~scoresde.sample_annealed_langevin`'s steps
+    :math:`\alpha_i/2 = \epsilon_{NCSN}\sigma_i^2/(2\sigma_L^2)`. Its default prior draw has VE's prior
+    std :math:`\sqrt{1 + \sigma(T)^2}`, not :math:`\sigma_1`: pass ``x_init`` for NCSN's start.
+    ``save_at`` times join the grid, so they are levels too.
+
     Args:
-        predictor: ``"reverse_diffusion"``, ``"euler_maruyama"`` or ``"ancestral"`` (the last
-            needs a :class:`~scoresde.LinearSDE`).
-        corrector: ``"langevin"``, ``"annealed_langevin"`` (needs a LinearSDE) or ``None``.
+        predictor: ``"reverse_diffusion"``, ``"euler_maruyama"``, ``"ancestral"`` (the last
+            needs a :class:`~scoresde.LinearSDE`) or ``None`` (corrector only).
+        corrector: ``"langevin"``, ``"annealed_langevin"`` (needs a LinearSDE) or ``None`` (not
+            both ``None``).
         snr, corrector_steps: the correctors' signal-to-noise ratio and number of updates.
         corrector_norm: ``"batch"`` (default) or ``"per_sample"`` norms in the Langevin step
             size (per-sample steps are biased: see :class:`~scoresde.solvers.LangevinCorrector`).
@@ -321,7 +336,11 @@ def sample_pc(
     """
     sde = require_sde(sde)
     score = CountingScore(score_fn)
-    predictor_obj = lookup(predictor, "sample_pc", is_predictor, "predictor").target(sde, score)
+    if predictor is None and corrector is None:
+        raise ValueError("sample_pc needs a predictor, a corrector or both, got predictor=None and corrector=None")
+    predictor_obj: Predictor | None = None
+    if predictor is not None:
+        predictor_obj = lookup(predictor, "sample_pc", is_predictor, "predictor").target(sde, score)
     corrector_obj: Corrector | None = None
     if corrector is not None:
         corrector_cls = lookup(corrector, "sample_pc", is_corrector, "corrector").target

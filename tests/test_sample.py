@@ -157,6 +157,57 @@ def test_shape_and_dtype_follow_the_input(event_shape, dtype, run):
     assert torch.equal(x_init, before)  # the caller's tensor is never modified
 
 
+@pytest.mark.parametrize("noise", [{"generator": 4}, {"seed": 4}])
+def test_corrector_only_pc_is_ncsn_annealed_langevin(noise):
+    """sample_pc(predictor=None) on VE is Song & Ermon's Alg. 1 (sample_annealed_langevin) from the same x_init
+    and noise, to round-off: levels at the grid's times, the NCSN step alpha_i / 2 = eps sigma_i^2 / (2 sigma_L^2)
+    being the corrector's 2 (r sigma_i)^2 with r = sqrt(eps) / (2 sigma_L); the same final Tweedie step."""
+    gmm, ve = separated_mixture_2d(), sd.VESDE(0.01, 50.0)
+    sigmas, eps, steps = sd.ncsn_sigmas(20.0, 0.05, 6), 3e-5, 4
+    times = ve.inverse_log_snr(-2 * sigmas.log())
+    x_init = 20.0 * torch.randn(64, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+
+    def kw():
+        return {"generator": torch.Generator().manual_seed(noise["generator"])} if "generator" in noise else noise
+
+    ncsn = sd.sample_annealed_langevin(gmm.score_fn(ve), ve, x_init=x_init, sigmas=sigmas, steps_per_level=steps,
+                                       step_size=eps, denoise=True, **kw())  # fmt: skip
+    pc = sample_pc(gmm.score_fn(ve), ve, x_init=x_init, num_steps=None, timesteps=times, predictor=None,
+                   corrector="annealed_langevin", snr=math.sqrt(eps) / (2 * sigmas[-1].item()),
+                   corrector_steps=steps, save_at="grid", **kw())  # fmt: skip
+    assert pc.nfe == ncsn.nfe == 6 * 4 + 1
+    torch.testing.assert_close(pc.x, ncsn.x, rtol=0, atol=1e-9)
+    assert (pc.x - x_init).abs().min() > 1e-3  # it moved: the levels ran
+    assert pc.trajectory.x.shape == (6, 64, 2) and torch.equal(pc.trajectory.t, times)
+
+
+def test_corrector_only_pc_on_vp_is_ncsn_without_the_frame_change():
+    """Why a VP corrector-only run is not sample_annealed_langevin, exactly: it runs in the SDE's frame
+    x = alpha y (y = x_0 + sigma/alpha eps, NCSN's) and keeps x between levels, so in NCSN's terms the state
+    is multiplied by alpha(t_0)/alpha(t_1) at the change of level (NCSN keeps y), and the second level's step
+    has the factor a^2 = (alpha(t_0)/alpha(t_1))^2. Two one-level NCSN runs with those two changes give the
+    same samples, to round-off, from the same generator."""
+    gmm, vp = separated_mixture_2d(), sd.VPSDE()
+    times = torch.tensor([0.5, 0.3], dtype=torch.float64)
+    alpha, sigma = vp.alpha(times), vp.sigma(times)
+    levels, a2 = sigma / alpha, (alpha[0] / alpha[1]).square()
+    r = 0.1
+    x_init = torch.randn(32, 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    pc = sample_pc(gmm.score_fn(vp), vp, x_init=x_init, num_steps=None, timesteps=times, predictor=None,
+                   corrector="annealed_langevin", snr=r, corrector_steps=5, denoise=False,
+                   generator=torch.Generator().manual_seed(3))  # fmt: skip
+    g = torch.Generator().manual_seed(3)
+    # NCSN's step alpha_i = eps_ncsn of one level; the corrector's 2 a^2 (r sigma)^2 is alpha^2 alpha_i / 2
+    first = sd.sample_annealed_langevin(gmm.score_fn(vp), vp, x_init=x_init / alpha[0], sigmas=levels[:1],
+                                        steps_per_level=5, step_size=(4 * r**2 * levels[0] ** 2).item(),
+                                        generator=g)  # fmt: skip
+    second = sd.sample_annealed_langevin(gmm.score_fn(vp), vp, x_init=first.x * alpha[0] / alpha[1],
+                                         sigmas=levels[1:], steps_per_level=5,
+                                         step_size=(4 * a2 * r**2 * levels[1] ** 2).item(), generator=g)  # fmt: skip
+    torch.testing.assert_close(pc.x, second.x * alpha[1], rtol=0, atol=1e-9)
+    assert a2 < 0.95 and (first.x * alpha[0] / alpha[1] - first.x).abs().max() > 0.05  # the two differences matter
+
+
 def test_prior_draw_follows_dtype_argument():
     sde = sd.VPSDE()
     res = sample_ode(separated_mixture_2d().score_fn(sde), sde, (4, 2), method="ddim", num_steps=3, t_end=T_END,
@@ -169,6 +220,7 @@ def test_prior_draw_follows_dtype_argument():
     [
         ({"fn": sample_pc, "num_steps": 7, "corrector_steps": 2}, 7 * 3 + 1),  # + the denoising step
         ({"fn": sample_pc, "num_steps": 7, "corrector": None, "denoise": False}, 7),
+        ({"fn": sample_pc, "num_steps": 7, "predictor": None, "corrector_steps": 2}, 8 * 2 + 1),  # a level at t_0
         ({"fn": sample_sde, "num_steps": 7}, 7),
         ({"fn": sample_ode, "method": "heun", "num_steps": 7}, 2 * 7 - 1),  # the last step is Euler
         ({"fn": sample_ode, "method": "dpmpp_3m", "num_steps": 7, "denoise": True}, 8),
@@ -398,6 +450,8 @@ def score_2d(x, t):
         (lambda sde: sample_pc(score_2d, sde, (4, 2), predictor="heun"), ValueError,
          "sample_pc cannot run predictor='heun' .scoresde's ode solver"),
         (lambda sde: sample_pc(score_2d, sde, (4, 2), corrector="hmc"), ValueError, "corrector must be one of"),
+        (lambda sde: sample_pc(score_2d, sde, (4, 2), predictor=None, corrector=None), ValueError,
+         "needs a predictor, a corrector or both, got predictor=None and corrector=None"),
         (lambda sde: sample_pc(score_2d, sde, (4, 2), snr=0.0), ValueError, "snr must be a number > 0"),
         (lambda sde: sample_pc(score_2d, sde, (4, 2), corrector_steps=0), ValueError,
          "corrector num_steps must be an int >= 1"),
