@@ -6,6 +6,7 @@ benchmark harness scoresde.bench, which takes its own flags).
     torchrun --standalone --nproc_per_node=2 -m scoresde.cli train ...  # DDP
     scoresde sample --checkpoint runs/digits/checkpoint.pt --sampler pc --num 64
     scoresde likelihood --checkpoint runs/digits/checkpoint.pt --split test
+    scoresde train-classifier --checkpoint runs/digits/checkpoint.pt --out runs/digits/classifier.pt
     scoresde demo --out runs/demo                                        # or demo --toy
     scoresde bench --only sampling                                       # the benchmark harness
 
@@ -31,13 +32,14 @@ import scoresde as sd
 from scoresde._atomic import atomic_write, atomic_write_text
 from scoresde._paths import check_output_file, check_output_folder
 from scoresde.checkpoint import load_checkpoint
+from scoresde.classifiers import guided_run_model, train_run_classifier
 from scoresde.config import DEFAULT_CONFIG, Run, build_trainer, load_config, load_data, load_run
 from scoresde.data import to_levels
 from scoresde.ddpm import DISCRETE_SAMPLERS, sample_discrete
 from scoresde.demo import digits_demo, toy_demo
 from scoresde.distributed import distributed_context, init_distributed, resolve_device, sample_in_shards
 from scoresde.elbo import ELBO_BOUNDS, evaluate_elbo
-from scoresde.guidance import INPAINT_SAMPLERS, MASK_REGIONS, ClassifierFreeGuidance, image_mask, inpaint
+from scoresde.guidance import INPAINT_SAMPLERS, MASK_REGIONS, image_mask, inpaint
 from scoresde.solvers import METHODS
 from scoresde.train import TrainConfig, Trainer
 
@@ -200,6 +202,8 @@ def _sample_settings(args: argparse.Namespace) -> dict[str, Any]:
     settings.update({"steps": steps} if steps is not None else {"rtol": args.rtol})
     if args.label is not None:
         settings.update(label=args.label, guidance=1.0 if args.guidance is None else args.guidance)
+        if args.classifier:
+            settings["classifier"] = Path(args.classifier).stem
     if args.inpaint:
         settings["inpaint"] = args.inpaint
     return {**settings, "num": args.num, "seed": args.seed, "ema": not args.no_ema}
@@ -214,6 +218,8 @@ def _sample_stem(settings: dict[str, Any], step: int) -> str:
     parts.append(f"{settings['steps']}steps" if "steps" in settings else f"rtol{settings['rtol']:g}")
     if "label" in settings:
         parts.append(f"class{settings['label']}-s{settings['guidance']:g}")
+        if "classifier" in settings:
+            parts.append(f"clf_{settings['classifier']}")
     if "inpaint" in settings:
         parts.append(f"inpaint{settings['inpaint']}")
     parts += [f"n{settings['num']}", f"seed{settings['seed']}", f"ckpt{step}"]
@@ -230,7 +236,7 @@ def _sample(args: argparse.Namespace) -> None:
     for path in _sample_paths(stem):
         check_output_file(path, "--out")
 
-    model = _guided_model(run.model, args)
+    model = _guided_model(run, args, device)
     draw = _inpainter(model, run, args, device) if args.inpaint else partial(_draw, model, run, args, device)
     x, nfe = sample_in_shards(draw, args.num, args.batch_size)
     if distributed_context()[0] != 0:
@@ -251,13 +257,16 @@ def _draw(model: torch.nn.Module, run: Run, args: argparse.Namespace, device: to
     )  # fmt: skip
 
 
-def _guided_model(model: torch.nn.Module, args: argparse.Namespace) -> torch.nn.Module:
-    """The run's model, or its classifier-free guided score for ``--class`` (``--guidance``)."""
+def _guided_model(run: Run, args: argparse.Namespace, device: torch.device) -> torch.nn.Module:
+    """The run's model, or for ``--class`` its guided score (``--guidance``; classifier guidance with
+    ``--classifier``, else classifier-free: :func:`scoresde.classifiers.guided_run_model`)."""
     if args.label is None:
-        if args.guidance is not None:
-            raise ValueError(f"--guidance {args.guidance:g} needs --class K (the class to guide towards)")
-        return model
-    return ClassifierFreeGuidance(model, args.label, scale=args.guidance)
+        if args.guidance is not None or args.classifier is not None:
+            flag = f"--guidance {args.guidance:g}" if args.guidance is not None else f"--classifier {args.classifier}"
+            raise ValueError(f"{flag} needs --class K (the class to guide towards)")
+        return run.model
+    scale = 1.0 if args.guidance is None else args.guidance
+    return guided_run_model(run, args.label, scale, args.classifier, device)
 
 
 def _inpainter(model: torch.nn.Module, run: Run, args: argparse.Namespace,
@@ -291,6 +300,17 @@ def _save_samples(levels: torch.Tensor, num_levels: int, stem: Path) -> tuple[Pa
 
     png, tensors = _sample_paths(stem)
     return save_image_grid(levels, png, num_levels=num_levels, scale=4), tensors
+
+
+def _train_classifier(args: argparse.Namespace) -> None:
+    out = check_output_file(args.out or Path(args.checkpoint).parent / "classifier.pt", "--out")
+    result = train_run_classifier(args.checkpoint, out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                                  hidden=args.hidden, depth=args.depth, seed=args.seed,
+                                  device=resolve_device(args.device), progress=args.progress)  # fmt: skip
+    loss = sum(result.losses[-50:]) / len(result.losses[-50:])
+    print(f"noisy classifier of {result.num_classes} classes trained for {args.steps} steps, loss {loss:.4f}; "
+          f"{result.path} (use: scoresde sample --checkpoint {args.checkpoint} --class K --guidance S "
+          f"--classifier {result.path})")  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- likelihood
@@ -425,15 +445,34 @@ def build_parser() -> argparse.ArgumentParser:
                                       "pc-langevin-snr0.16-500steps-n64-seed0-ckpt2000.png and .pt, so runs "
                                       "with other settings never overwrite each other (the same command "
                                       "rewrites the same files)")  # fmt: skip
-    sample.add_argument("--class", dest="label", type=int, help="class K of a conditional model (--conditional)")
+    sample.add_argument("--class", dest="label", type=int,
+                        help="class K of a conditional model (--conditional) or of --classifier")  # fmt: skip
+    sample.add_argument("--classifier", metavar="CKPT",
+                        help="classifier guidance with this noisy classifier (`scoresde train-classifier`): "
+                             "score + s grad log p(K | x_t, t), s = --guidance")  # fmt: skip
     sample.add_argument("--guidance", type=float, help="classifier-free guidance scale s with --class: eps_null + "
                                                        "s (eps_K - eps_null) = (1 + w) eps_K - w eps_null, w = s - 1 "
-                                                       "(default 1: the conditional model)")  # fmt: skip
+                                                       "(default 1: the conditional model); with --classifier, the "
+                                                       "classifier guidance scale")  # fmt: skip
     sample.add_argument("--inpaint", choices=MASK_REGIONS, metavar="MASK",
                         help="fill in this half (top, bottom, left or right) of the test images, one per sample, "
                              "by Song et al.'s replacement (--sampler pc or ode; --method: a fixed-step ODE "
                              "method)")  # fmt: skip
     sample.set_defaults(func=_sample, on_interrupt="no samples were written")
+
+    clf = sub.add_parser("train-classifier", help="train a noisy classifier on a run's labelled data, for "
+                                                  "classifier guidance (sample --classifier)")  # fmt: skip
+    clf.add_argument("--checkpoint", required=True, help="checkpoint.pt of the run (its data, SDE and shape)")
+    clf.add_argument("--out", help="the classifier file (default classifier.pt beside the checkpoint)")
+    clf.add_argument("--steps", type=_positive_int, default=2000)
+    clf.add_argument("--batch-size", type=_positive_int, default=256)
+    clf.add_argument("--lr", type=float, default=2e-3, help="Adam's learning rate (cosine-annealed)")
+    clf.add_argument("--hidden", type=_positive_int, default=256, help="ClassifierMLP width")
+    clf.add_argument("--depth", type=_positive_int, default=3, help="ClassifierMLP residual blocks")
+    clf.add_argument("--seed", type=int, default=0)
+    clf.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    clf.add_argument("--progress", action=argparse.BooleanOptionalAction, default=False)
+    clf.set_defaults(func=_train_classifier, on_interrupt="no classifier was written")
 
     likelihood = sub.add_parser("likelihood", help="bits/dim of a data split under a checkpoint")
     add_checkpoint_args(likelihood)
