@@ -11,6 +11,7 @@ from scoresde.solvers._common import (
     require_sde,
 )
 from scoresde.solvers.correctors import AnnealedLangevin, Corrector, LangevinCorrector
+from scoresde.solvers.deis import DEIS3, IPNDM
 from scoresde.solvers.exponential import exponential_moments, exponential_weights
 from scoresde.solvers.flow import FlowField, FlowSolution, solve_flow
 from scoresde.solvers.methods import METHODS, Method
@@ -56,6 +57,8 @@ __all__ = [
     "UniPC2",
     "UniPC3",
     "UNIPC_VARIANTS",
+    "IPNDM",
+    "DEIS3",
     "exponential_moments",
     "exponential_weights",
     "METHODS",

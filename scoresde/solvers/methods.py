@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from scoresde.solvers import tsit5
 from scoresde.solvers.correctors import AnnealedLangevin, LangevinCorrector
+from scoresde.solvers.deis import DEIS3, IPNDM
 from scoresde.solvers.ode import DDIM, DPMSolverPP2M, DPMSolverPP3M, Euler, Heun
 from scoresde.solvers.predictors import AncestralSampling, EulerMaruyama, ReverseDiffusion
 from scoresde.solvers.unipc import UniPC2, UniPC3
@@ -74,6 +75,8 @@ METHODS: dict[str, Method] = {
         _ours("dpmpp_3m", "ode", DPMSolverPP3M),
         _ours("unipc_2", "ode", UniPC2),
         _ours("unipc_3", "ode", UniPC3),
+        _ours("ipndm", "ode", IPNDM),
+        _ours("deis_3", "ode", DEIS3),
         # ... torchdiffeq's adaptive methods (and our tableau in its solver) ...
         _torchdiffeq("dopri5", order=5),
         _torchdiffeq("tsit5", order=5, target=tsit5.TORCHDIFFEQ_NAME),
