@@ -42,7 +42,7 @@ from scoresde.discrete_data import BpdEvaluation, evaluate_bpd
 from scoresde.distributed import distributed_context, resolve_device
 from scoresde.flow_matching import COUPLINGS, flow_matching_loss
 from scoresde.guidance import NoisyClassifier, classifier_loss
-from scoresde.losses import TIME_SAMPLINGS, WEIGHTINGS, dsm_loss
+from scoresde.losses import TARGETS, TIME_SAMPLINGS, WEIGHTINGS, dsm_loss
 from scoresde.progress import progress_bar
 from scoresde.sample import sample_ode
 from scoresde.score import ScoreModel
@@ -64,19 +64,26 @@ OBJECTIVES = ("dsm", "flow_matching")
 conditional flow matching (:func:`~scoresde.flow_matching_loss`, a :class:`~scoresde.FlowVelocity`)."""
 
 
+DSM_TARGETS = ("score", *TARGETS)
+"""What a DSM loss regresses: ``"score"`` (the score residual under ``weighting``) or DDPM's prediction
+losses ``"eps"`` (L_simple), ``"x0"``, ``"v"`` (:func:`~scoresde.dsm_loss` ``target=``, each with its own weight)."""
+
+
 def _objective_loss(
     objective: str, model: nn.Module, sde: LinearSDE, batch: Tensor | tuple[Tensor, Tensor], *, weighting: str,
     time_sampling: str, coupling: str, generator: torch.Generator | None, labels: Tensor | None = None,
-    label_dropout: float = 0.0,
+    label_dropout: float = 0.0, target: str = "score",
 ) -> Tensor:  # fmt: skip
     """The loss of one batch, ``x0`` or a paired ``(x0, noise)``, under ``objective`` (with class ``labels``
-    for a conditional score model, dropped to the null label with probability ``label_dropout``)."""
+    for a conditional score model, dropped to the null label with probability ``label_dropout``); a DSM
+    ``target`` other than ``"score"`` replaces ``weighting`` (:data:`DSM_TARGETS`)."""
     x0, noise = batch if isinstance(batch, tuple) else (batch, None)
     if objective == "flow_matching":
         if labels is not None:
             raise ValueError("class labels train a conditional score model with objective='dsm', not flow_matching")
         return flow_matching_loss(model, sde, x0, coupling=coupling, noise=noise, generator=generator)
-    return dsm_loss(model, sde, x0, weighting=weighting, time_sampling=time_sampling, noise=noise, labels=labels,
+    weight = {"weighting": weighting} if target == "score" else {"target": target}  # dsm_loss takes one of them
+    return dsm_loss(model, sde, x0, **weight, time_sampling=time_sampling, noise=noise, labels=labels,
                     label_dropout=label_dropout, generator=generator)  # fmt: skip
 
 
@@ -252,7 +259,7 @@ def _rule(help: str, *, low: float = 0, above: bool = False, below: float | None
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """The settings of a :class:`Trainer` run and their defaults, listed once: the ``[train]``
+    r"""The settings of a :class:`Trainer` run and their defaults, listed once: the ``[train]``
     table of a run config (:mod:`scoresde.config`) and the ``scoresde train`` flags are these
     fields. Checked on construction (a bad value is a ``ValueError`` naming it); ints pass for
     floats and are stored as floats. :meth:`as_dict` is the plain dict a checkpoint stores.
@@ -260,10 +267,14 @@ class TrainConfig:
     ``lr``: the peak learning rate, reached after ``warmup_steps`` of linear warm-up from
     ``lr / warmup_steps``, then held (``lr_schedule="constant"``) or annealed to 0 at ``steps``
     (``"cosine"``). ``objective``: ``"dsm"`` (:func:`~scoresde.dsm_loss`, with ``weighting`` and
-    ``time_sampling``) or ``"flow_matching"`` (:func:`~scoresde.flow_matching_loss` of a
-    :class:`~scoresde.FlowVelocity`, with ``coupling``). ``label_dropout``: for a class-conditional
-    model (its network has ``num_classes``), the probability that a label is replaced by the null label,
-    so that one network learns the conditional and the unconditional score (classifier-free guidance).
+    ``time_sampling``, or with ``target`` ``"eps"``/``"x0"``/``"v"``: DDPM's loss of that prediction,
+    :math:`\|\hat\epsilon - \epsilon\|^2`, :math:`\|\hat x_0 - x_0\|^2` or :math:`\|\hat v - v\|^2`, i.e. the
+    weight :math:`1`, :math:`\sigma^2/\alpha^2` or :math:`(\alpha^2 + \sigma^2)^2/\alpha^2` on the ``sigma2``
+    residual; ``"score"``, the default, uses ``weighting``) or ``"flow_matching"``
+    (:func:`~scoresde.flow_matching_loss` of a :class:`~scoresde.FlowVelocity`, with ``coupling``).
+    ``label_dropout``: for a class-conditional model (its network has ``num_classes``), the probability
+    that a label is replaced by the null label, so that one network learns the conditional and the
+    unconditional score (classifier-free guidance).
     ``seed`` seeds the batch order, the noise and dropout (the model's initialisation is yours).
     """
 
@@ -283,6 +294,10 @@ class TrainConfig:
     )
     time_sampling: str = field(
         default="uniform", metadata=_rule("uniform, or importance (with likelihood weighting)", choices=TIME_SAMPLINGS)
+    )
+    target: str = field(
+        default="score",
+        metadata=_rule("DSM target: score (with weighting), or DDPM's eps (L_simple), x0 or v", choices=DSM_TARGETS),
     )
     objective: str = field(
         default="dsm", metadata=_rule("dsm (score matching) or flow_matching (a velocity model)", choices=OBJECTIVES)
@@ -319,6 +334,14 @@ class TrainConfig:
                     raise ValueError(f"{name} must be a finite number {'>' if rule['above'] else '>='} {low}, "
                                      f"got {value!r}")  # fmt: skip
                 object.__setattr__(self, name, float(value))
+        if self.target != "score":
+            if self.objective != "dsm":
+                raise ValueError(f"target={self.target!r} is a DSM target: it needs objective='dsm', "
+                                 f"got objective={self.objective!r}")  # fmt: skip
+            if self.weighting != "sigma2" or self.time_sampling != "uniform":
+                raise ValueError(f"target={self.target!r} fixes the loss's weight and samples t uniformly: it takes "
+                                 f"weighting='sigma2' and time_sampling='uniform' (the defaults), got "
+                                 f"weighting={self.weighting!r}, time_sampling={self.time_sampling!r}")  # fmt: skip
 
     def as_dict(self) -> dict[str, Any]:
         """The settings as a plain dict (what a checkpoint stores and a ``[train]`` table holds)."""
@@ -554,6 +577,7 @@ class Trainer:
                     time_sampling=self.settings.time_sampling, coupling=self.settings.coupling,
                     generator=self.generator, labels=self._batch_labels,
                     label_dropout=self.settings.label_dropout if self._batch_labels is not None else 0.0,
+                    target=self.settings.target,
                 )  # fmt: skip
             self._dropout_rng = self._get_rng()
         value = self._mean_over_ranks(loss.detach().float()).item()

@@ -64,3 +64,22 @@ def test_discrete_samples_do_not_depend_on_the_batch_size(checkpoint, tmp_path, 
     x_whole, x_parts = (torch.load(path, weights_only=True)["x"] for path in (whole, parts))
     torch.testing.assert_close(x_parts, x_whole, rtol=1e-5, atol=1e-5)
     assert not torch.equal(x_whole[0], x_whole[1])
+
+
+def test_train_each_target_from_the_command_line(tmp_path, capsys):
+    """--target is TrainConfig.target's flag: a 2-step run stores it with the run; a bad value or a clash
+    with --weighting is one line, exit code 2, before any work."""
+    from scoresde.checkpoint import load_checkpoint
+    from tests.test_cli import one_line_error
+
+    (tmp_path / "tiny.toml").write_text(TINY)
+    base = ["train", "--config", str(tmp_path / "tiny.toml"), "--steps", "2", "--no-progress"]
+    assert main([*base, "--out", str(tmp_path / "v"), "--target", "v"]) == 0
+    state = load_checkpoint(tmp_path / "v" / "checkpoint.pt")
+    assert state["trainer"]["target"] == "v" and state["step"] == 2
+    bad = ((["--target", "score_v"], "target must be one of"),
+           (["--target", "x0", "--weighting", "likelihood"], "target='x0' fixes the loss's weight"))  # fmt: skip
+    for flags, message in bad:
+        assert main([*base, "--out", str(tmp_path / "bad"), *flags]) == 2
+        assert message in one_line_error(capsys, "scoresde train: error:")[-1]
+        assert not (tmp_path / "bad" / "checkpoint.pt").exists()

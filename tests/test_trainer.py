@@ -326,6 +326,59 @@ def test_train_config_names_the_bad_value(kw, match):
         TrainConfig(**kw)
 
 
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"target": "score_x0"}, r"^target must be one of \('score', 'eps', 'x0', 'v'\), got 'score_x0'$"),
+        ({"target": "x0", "weighting": "likelihood"}, r"^target='x0' fixes the loss's weight .* got "
+                                                       r"weighting='likelihood', time_sampling='uniform'$"),
+        ({"target": "eps", "weighting": "likelihood", "time_sampling": "importance"}, "time_sampling='importance'"),
+        ({"target": "v", "objective": "flow_matching"}, r"^target='v' is a DSM target: it needs objective='dsm'"),
+    ],
+)  # fmt: skip
+def test_train_config_refuses_a_target_with_another_weight(kw, match):
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(**kw)
+
+
+@pytest.mark.parametrize("target", ["eps", "x0", "v"])
+def test_each_dsm_target_trains_with_its_own_loss(tmp_path, monkeypatch, target):
+    """Two steps with TrainConfig.target: the loss the Trainer logs (and steps on) is dsm_loss(target=...)'s,
+    which is the squared error of that prediction, recomputed here from the same t and noise:
+    eps_hat = -sigma s, x0_hat = (x_t + sigma^2 s) / alpha, v_hat = alpha eps_hat - sigma x0_hat."""
+    import scoresde.train as train_module
+
+    sde = sd.VPSDE()
+    torch.manual_seed(0)
+    model = sd.EpsilonScore(sd.nn.MLP(dim=2, hidden=16, depth=1), sde)
+    seen = []
+
+    def spy(model, sde, x0, *, target=None, weighting=None, generator=None, **kw):
+        assert weighting is None  # the target fixes the weight
+        t = sd.losses.sample_time(sde, x0.shape[0], generator=generator, dtype=x0.dtype)
+        eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)
+        loss = sd.dsm_loss(model, sde, x0, target=target, t=t, **{**kw, "noise": eps})
+        alpha, sigma = sde.alpha(t)[:, None], sde.sigma(t)[:, None]
+        x_t = alpha * x0 + sigma * eps
+        with torch.no_grad():
+            s = model(x_t, t)
+        eps_hat, x0_hat = -sigma * s, (x_t + sigma**2 * s) / alpha
+        pred, truth = {"eps": (eps_hat, eps), "x0": (x0_hat, x0),
+                       "v": (alpha * eps_hat - sigma * x0_hat, alpha * eps - sigma * x0)}[target]  # fmt: skip
+        seen.append((target, loss.item(), (pred - truth).square().mean().item()))
+        return loss
+
+    monkeypatch.setattr(train_module, "dsm_loss", spy)
+    before = params(model)
+    trainer = Trainer(model, sde, torch.randn(64, 2), out_dir=tmp_path, steps=2, batch_size=16, warmup_steps=0,
+                      device="cpu", target=target)  # fmt: skip
+    result = trainer.train()
+    assert trainer.hparams["target"] == target and [t for t, _, _ in seen] == [target, target]
+    assert result.losses == pytest.approx([loss for _, loss, _ in seen], rel=1e-6)
+    assert [loss for _, loss, _ in seen] == pytest.approx([direct for _, _, direct in seen], rel=1e-5)
+    assert not torch.equal(params(model), before)  # it trained
+
+
 def test_train_config_is_the_one_list_of_training_defaults(tmp_path):
     defaults = TrainConfig()
     assert (defaults.lr, defaults.warmup_steps, defaults.checkpoint_every) == (1e-3, 200, 500)
