@@ -101,11 +101,15 @@ class KarrasDenoiser(nn.Module):
 class FlowMatchingVelocity(nn.Module):
     r"""flow_matching's ``velocity_model(x, t)`` with data at ``t = 1`` and noise at ``t = 0``:
     :math:`u(x, \tau) = -(T - t_{min})\,v(x, t)` at :math:`t = T - \tau (T - t_{min})`, ``v`` the
-    probability-flow velocity of ``sde`` and ``score_fn``. Counts its calls."""
+    probability-flow velocity of ``sde`` and ``score_fn``, or ``velocity_fn(x, t)`` itself when given
+    (a trained flow's raw velocity, e.g. :meth:`scoresde.FlowVelocity.velocity`). Counts its calls."""
 
-    def __init__(self, sde: LinearSDE, score_fn: ScoreFn, t_min: float) -> None:
+    def __init__(self, sde: LinearSDE, score_fn: ScoreFn | None, t_min: float,
+                 velocity_fn: ScoreFn | None = None) -> None:  # fmt: skip
         super().__init__()
-        self.flow = sde.probability_flow(score_fn)
+        if (score_fn is None) == (velocity_fn is None):
+            raise ValueError("pass one of score_fn (its probability flow is integrated) and velocity_fn")
+        self.velocity_fn = velocity_fn or sde.probability_flow(score_fn).velocity
         self.T = sde.T
         self.span = sde.T - t_min
         self.calls = 0
@@ -113,7 +117,7 @@ class FlowMatchingVelocity(nn.Module):
     def forward(self, x: Tensor, t: Tensor, **extras: Any) -> Tensor:
         self.calls += 1
         time = (self.T - t.to(torch.float64) * self.span).expand(x.shape[0])
-        return -self.span * self.flow.velocity(x, time)
+        return -self.span * self.velocity_fn(x, time)
 
 
 def seeded_noise_sampler(like: Tensor, seed: int) -> Callable[[Tensor, Tensor], Tensor]:

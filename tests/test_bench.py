@@ -13,7 +13,7 @@ import torch
 from benchmarks import report
 from benchmarks.grids import CANDIDATES, make_grid
 from benchmarks.likelihood import all_methods
-from benchmarks.peers import load_k_diffusion_sampling
+from benchmarks.peers import load_flow_matching_solver, load_k_diffusion_sampling
 from benchmarks.samplers import all_samplers
 from scoresde import bench
 from scoresde.benchmark import standard_problem
@@ -168,3 +168,20 @@ def test_sampling_targets_compare_the_best_of_each_library_within_the_budget():
     at_10, at_20 = report.sampling_targets(rows)
     assert (at_10["scoresde_best"], at_10["ratio"], at_10["met"]) == ("scoresde:b (g, 9)", 0.25, True)
     assert at_20["scoresde_best"] == "scoresde:c (g, 20)" and at_20["k_diffusion_rmse"] == 0.05
+
+
+@pytest.mark.skipif(load_flow_matching_solver() is None, reason="flow_matching not installed")
+def test_flow_matching_peer_integrates_the_same_trained_velocity():
+    # one trained rectified flow, dopri5 on both sides from the same noise: they solve one ODE (ours in
+    # the reference VP coordinates), so samples and likelihoods converge to each other as the tolerance
+    # falls, and at a tight tolerance agree far below the mixture's scale
+    from benchmarks.flow_peer import compare, train_velocity
+
+    model = train_velocity(150, hidden=32)
+    loose, tight = compare(model, num=16, tol=1e-5), compare(model, num=16, tol=1e-8)
+    assert tight["sample_max_abs_diff"] < 1e-5 and tight["ll_max_abs_diff"] < 1e-5
+    assert tight["sample_max_abs_diff"] < loose["sample_max_abs_diff"] / 100
+    assert tight["ll_max_abs_diff"] < loose["ll_max_abs_diff"] / 100
+    for task in ("sample", "likelihood"):
+        assert tight[task]["scoresde"]["nfe"] > loose[task]["scoresde"]["nfe"] > 0
+        assert tight[task]["flow_matching"]["nfe"] > loose[task]["flow_matching"]["nfe"] > 0
