@@ -20,7 +20,7 @@ from scoresde.discrete_data import (
 )
 from scoresde.elbo import ElboResult, continuous_elbo, ddpm_elbo
 from scoresde.flow_matching import flow_matching_loss, ot_coupling
-from scoresde.grid_tuning import tune_time_grid
+from scoresde.grid_tuning import GridSearch, search_time_grid, tune_time_grid
 from scoresde.guidance import ClassifierFreeGuidance, ClassifierGuidance, NoisyClassifier, RePaint, Replacement, inpaint
 from scoresde.likelihood import (
     DecodeResult,
@@ -128,6 +128,8 @@ __all__ = [
     "time_grid",
     "check_time_grid",
     "tune_time_grid",
+    "search_time_grid",
+    "GridSearch",
     "sliced_wasserstein",
     "pathwise_rmse",
     "energy_distance",

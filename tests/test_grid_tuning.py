@@ -64,3 +64,75 @@ def test_bad_arguments():
         sd.tune_time_grid(score, sde, x, 5, method="ddim", reference=x[:3])
     with pytest.raises(TypeError, match="LinearSDE"):
         sd.tune_time_grid(score, sde.reverse(score), x, 5, method="ddim")
+
+
+# ---------------------------------------------------------------------------------------------
+# the GITS-style dynamic programme (search="dp")
+
+
+def _fresh_rmse(problem, grid, method):
+    x = sd.sample_ode(problem.score_fn, problem.sde, x_init=problem.x_init, method=method, timesteps=grid, denoise=True)
+    return sd.pathwise_rmse(x.x, problem.reference).item()
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize(
+    ("name", "method", "steps", "expect"),
+    [("2d-ve", "ipndm", 4, "dp"), ("2d-vp", "dpmpp_2m", 9, "fallback")],
+)
+def test_dp_grid_is_never_worse_than_the_best_standard_grid_on_fresh_noise(name, method, steps, expect):
+    from scoresde import benchmark as bm
+
+    problem = bm.standard_problem(name, 400)  # fresh noise: problem.x_init, never seen by the search
+    sde = problem.sde
+    pilot = sde.prior_sample((256, 2), generator=torch.Generator().manual_seed(11), dtype=torch.float64)
+    found = sd.search_time_grid(problem.score_fn, sde, pilot, steps, method=method, t_end=bm.T_END)
+    grid = found.grid
+    assert grid.dtype == torch.float64 and grid.shape == (steps + 1,)
+    assert grid[0] == sde.T and grid[-1] == bm.T_END and (grid.diff() < 0).all()
+    standard = {k: v for k, v in found.validation_rmse.items() if k != "dp"}
+    best_standard = min(standard, key=standard.__getitem__)
+    # the grid it returns is the held-back winner, the DP's only if it won there
+    assert found.validation_rmse[found.chosen] == min(found.validation_rmse.values())
+    assert (found.chosen == "dp") == (expect == "dp"), found.validation_rmse
+    fresh = _fresh_rmse(problem, grid, method)
+    compared = _fresh_rmse(problem, sd.time_grid(sde, steps, best_standard, t_end=bm.T_END), method)
+    assert fresh <= compared, (fresh, compared, found.validation_rmse)
+    # tune_time_grid(search="dp") is the same search
+    same = sd.tune_time_grid(problem.score_fn, sde, pilot, steps, method=method, t_end=bm.T_END, search="dp")
+    torch.testing.assert_close(same, grid, rtol=0, atol=0)
+
+
+@pytest.mark.timeout(600)
+def test_dp_search_costs_far_less_than_nelder_mead():
+    import time
+
+    from scoresde import benchmark as bm
+
+    problem = bm.standard_problem("2d-vp", 400)
+    sde, steps, method = problem.sde, 9, "dpmpp_2m"
+    pilot = sde.prior_sample((256, 2), generator=torch.Generator().manual_seed(11), dtype=torch.float64)
+    costs = {}
+    for search in ("dp", "nelder_mead"):
+        counted = sd.solvers.CountingScore(problem.score_fn)
+        start = time.perf_counter()
+        grid = sd.tune_time_grid(counted, sde, pilot, steps, method=method, t_end=bm.T_END, search=search)
+        costs[search] = (counted.calls, time.perf_counter() - start, _fresh_rmse(problem, grid, method))
+    print("grid search cost (NFE, seconds, fresh RMSE):", costs)
+    (dp_nfe, dp_s, dp_err), (nm_nfe, nm_s, nm_err) = costs["dp"], costs["nelder_mead"]
+    assert dp_nfe < nm_nfe / 5 and dp_s < nm_s / 2
+    assert dp_err < 1.5 * nm_err  # and not far behind in quality on fresh noise
+
+
+def test_dp_bad_arguments():
+    sde = sd.VPSDE()
+    score = separated_mixture_2d().score_fn(sde)
+    x = prior(sde, 8, 0)
+    with pytest.raises(ValueError, match="search must be one of"):
+        sd.tune_time_grid(score, sde, x, 5, method="ddim", search="grid")
+    with pytest.raises(ValueError, match="holdout must lie in"):
+        sd.search_time_grid(score, sde, x, 5, method="ddim", holdout=1.0)
+    with pytest.raises(ValueError, match="pilot points to search"):
+        sd.search_time_grid(score, sde, x[:3], 2, method="ddim")
+    with pytest.raises(ValueError, match="teacher_steps must be"):
+        sd.search_time_grid(score, sde, x, 5, method="ddim", teacher_steps=3)

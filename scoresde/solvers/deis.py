@@ -47,6 +47,7 @@ class IPNDM(LogSNRStepper):
     VE over 20-160 steps (``tests/test_solvers.py``). Its strength is few steps. One NFE per step."""
 
     order = 2
+    history_steps = len(_AB_COEFFICIENTS) - 1
 
     def step(self, x: Tensor, t: Tensor, s: Tensor, ctx: StepContext) -> Tensor:
         sde = self.sde

@@ -28,9 +28,11 @@ from scoresde.solvers._common import StepContext, coef, predict_x0, require_line
 
 
 class ODEStepper(ABC):
-    """A fixed-step probability-flow ODE solver of global order ``order``."""
+    """A fixed-step probability-flow ODE solver of global order ``order``; a multistep solver
+    uses the evaluations of its last ``history_steps`` steps (kept in ``ctx.history``)."""
 
     order: int
+    history_steps: int = 0
 
     def __init__(self, sde: SDE, score_fn: ScoreFn) -> None:
         self.sde = require_sde(sde)
@@ -110,6 +112,10 @@ class ExponentialIntegrator(LogSNRStepper):
     :math:`D_2 \approx h^2 \hat x_0''` are backward differences of earlier predictions, kept in
     ``ctx.history``. The first steps of a run use lower orders (too few points yet).
     One NFE per step."""
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.history_steps = cls.order - 1
 
     def step(self, x: Tensor, t: Tensor, s: Tensor, ctx: StepContext) -> Tensor:
         sde = self.sde

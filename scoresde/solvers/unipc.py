@@ -52,6 +52,7 @@ class UniPC(LogSNRStepper):
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
         cls.order = cls.predictor_order + 1  # the corrector lifts the predictor's order by one
+        cls.history_steps = cls.predictor_order  # the predictor's nodes and the corrected step
 
     def step(self, x: Tensor, t: Tensor, s: Tensor, ctx: StepContext) -> Tensor:
         ell_t, ell_s = self.half_log_snr(t), self.half_log_snr(s)
