@@ -293,9 +293,8 @@ def evaluate_bpd(
         if not isinstance(data, Iterable):
             raise TypeError(f"data must be a tensor or an iterable of batches, got {type(data).__name__}")
         total = len(data) if hasattr(data, "__len__") else None  # type: ignore[arg-type]
-        batches = (batch[0] if isinstance(batch, (tuple, list)) else batch for batch in data)
-        results = _evaluate_batches(score_fn, sde, batches, total, num_bins, progress, seed, bpd_kwargs)
-        return _summary([r for r, _ in results], sum(n for _, n in results))
+        results = _evaluate_batches(score_fn, sde, _numbered(data), total, num_bins, progress, seed, bpd_kwargs)
+        return _summary(results)
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     if data.ndim < 2 or data.shape[0] == 0:
@@ -309,51 +308,56 @@ def evaluate_bpd(
     store = None if out_dir is None else _BatchStore(Path(out_dir), _run_record(score_fn, data, num_bins, batch_size,
                                                                                  seed, bpd_kwargs))  # fmt: skip
     todo = [b for b in mine if store is None or not store.has(b)]
-    batches = (data[b * batch_size : (b + 1) * batch_size] for b in todo)
-    offsets = (b * batch_size for b in todo)
+    batches = ((b, b * batch_size, data[b * batch_size : (b + 1) * batch_size]) for b in todo)
     results = _evaluate_batches(score_fn, sde, batches, len(todo), num_bins, progress and rank == 0, seed,
-                                bpd_kwargs, offsets, store, todo)  # fmt: skip
+                                bpd_kwargs, store)  # fmt: skip
     if store is not None:
         if world_size > 1:
             dist.barrier()  # once, after every rank's last solve
-        return _summary(*store.load_all(num_batches))
+        return _summary(store.load_all(num_batches))
     if world_size > 1:
         gathered: list[Any] = [None] * world_size
-        dist.all_gather_object(gathered, [(b, r.cpu(), n) for b, (r, n) in zip(todo, results, strict=True)])
-        by_batch = sorted((b, r, n) for part in gathered for b, r, n in part)
-        return _summary([r for _, r, _ in by_batch], sum(n for _, _, n in by_batch))
-    return _summary([r for r, _ in results], sum(n for _, n in results))
+        dist.all_gather_object(gathered, [(b, r.cpu(), n) for b, r, n in results])
+        results = sorted(part for rank_parts in gathered for part in rank_parts)
+    return _summary(results)
+
+
+def _numbered(data: Iterable[Any]) -> Iterable[tuple[int, int, Tensor]]:
+    """``(batch number, index of its first point, batch)`` for an iterable of batches (a tuple or
+    list contributes its first item)."""
+    start = 0
+    for number, batch in enumerate(data):
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        yield number, start, x
+        start += len(x)
 
 
 def _evaluate_batches(
-    score_fn: ScoreFn, sde: SDE, batches: Iterable[Tensor], total: int | None, num_bins: int, progress: bool,
-    seed: int | None, bpd_kwargs: dict[str, Any], offsets: Iterable[int] | None = None,
-    store: _BatchStore | None = None, numbers: Sequence[int] | None = None,
-) -> list[tuple[Tensor, int]]:
-    """``(per-sample bits/dim float64, nfe)`` per batch; with per-sample seeds the indices of a
-    batch start at its offset (a running count without ``offsets``); each result goes to ``store``."""
-    results: list[tuple[Tensor, int]] = []
-    offsets = iter(offsets) if offsets is not None else None
-    start = 0
+    score_fn: ScoreFn, sde: SDE, batches: Iterable[tuple[int, int, Tensor]], total: int | None, num_bins: int,
+    progress: bool, seed: int | None, bpd_kwargs: dict[str, Any], store: _BatchStore | None = None,
+) -> list[tuple[int, Tensor, int]]:
+    """``(batch number, per-sample bits/dim float64, nfe)`` for each ``(number, start, x)``; with
+    per-sample seeds the points of a batch are ``start, start + 1, ...``; each result goes to ``store``."""
+    results: list[tuple[int, Tensor, int]] = []
     with progress_bar(total=total, enabled=progress, desc="bits/dim") as bar:  # type: ignore[arg-type]
-        for k, x in enumerate(batches):
-            start = next(offsets) if offsets is not None else start
+        for number, start, x in batches:
             per_sample = {} if seed is None else {"seed": seed, "sample_indices": torch.arange(start, start + len(x))}
             result = bits_per_dim(score_fn, sde, x, num_bins=num_bins, **per_sample, **bpd_kwargs)
             values = result.bits_per_dim.detach().to(torch.float64)
-            results.append((values, result.nfe))
-            if store is not None and numbers is not None:
-                store.save(numbers[k], values, result.nfe)
-            start += len(x)
+            results.append((number, values, result.nfe))
+            if store is not None:
+                store.save(number, values, result.nfe)
             bar.update(1)
-            bar.set_postfix(bpd=f"{torch.cat([r for r, _ in results]).mean().item():.4f}")
+            bar.set_postfix(bpd=f"{torch.cat([r for _, r, _ in results]).mean().item():.4f}")
     return results
 
 
-def _summary(per_batch: Sequence[Tensor], nfe: int) -> BpdEvaluation:
-    if not per_batch:
+def _summary(results: Sequence[tuple[int, Tensor, int]]) -> BpdEvaluation:
+    """The evaluation of ``(batch number, per-sample bits/dim, nfe)`` results in batch order."""
+    if not results:
         raise ValueError("data holds no batches")
-    values = torch.cat([v.cpu() for v in per_batch])
+    values = torch.cat([v.cpu() for _, v, _ in results])
+    nfe = sum(n for _, _, n in results)
     n = values.numel()
     std_error = values.std().item() / math.sqrt(n) if n > 1 else math.nan
     return BpdEvaluation(mean=values.mean().item(), std_error=std_error, num_samples=n, nfe=nfe, bits_per_dim=values)
@@ -415,9 +419,9 @@ class _BatchStore:
     def save(self, number: int, values: Tensor, nfe: int) -> None:
         atomic_write(self._path(number), lambda f: torch.save({"bits_per_dim": values.cpu(), "nfe": nfe}, f))
 
-    def load_all(self, num_batches: int) -> tuple[list[Tensor], int]:
+    def load_all(self, num_batches: int) -> list[tuple[int, Tensor, int]]:
         missing = [b for b in range(num_batches) if not self.has(b)]
         if missing:
             raise RuntimeError(f"batches {missing[:5]} of {num_batches} are missing from {self.folder}")
         loaded = [torch.load(self._path(b), weights_only=True) for b in range(num_batches)]
-        return [entry["bits_per_dim"] for entry in loaded], sum(entry["nfe"] for entry in loaded)
+        return [(b, entry["bits_per_dim"], entry["nfe"]) for b, entry in enumerate(loaded)]
