@@ -122,8 +122,53 @@ def mixture_16d(seed: int = 0) -> GaussianMixture:
     return GaussianMixture(means, 0.5 * (covs + covs.transpose(1, 2)), torch.tensor([0.4, 0.3, 0.2, 0.1]))
 
 
-MIXTURES: dict[str, Callable[[], GaussianMixture]] = {"2d": mixture_2d, "16d": mixture_16d}
-"""The standard mixtures by name."""
+def _random_mixture(dim: int, weights: list[float], radius: tuple[float, float], eig: tuple[float, float],
+                    seed: int, thin: tuple[float, float] | None = None) -> GaussianMixture:  # fmt: skip
+    """Components with random means of norm in ``radius``, random orientations and eigenvalues
+    log-uniform in ``eig``; with ``thin``, all but one eigenvalue of each covariance are instead
+    log-uniform in ``thin`` (components thin in every direction but one)."""
+    g = torch.Generator().manual_seed(seed)
+    k = len(weights)
+    directions = torch.randn(k, dim, generator=g, dtype=torch.float64)
+    norms = radius[0] + (radius[1] - radius[0]) * torch.rand(k, 1, generator=g, dtype=torch.float64)
+    q, _ = torch.linalg.qr(torch.randn(k, dim, dim, generator=g, dtype=torch.float64))
+
+    def log_uniform(bounds: tuple[float, float], *shape: int) -> Tensor:
+        lo, hi = math.log(bounds[0]), math.log(bounds[1])
+        return (lo + (hi - lo) * torch.rand(*shape, generator=g, dtype=torch.float64)).exp()
+
+    eigs = log_uniform(eig, k, dim)
+    if thin is not None:
+        eigs[:, 1:] = log_uniform(thin, k, dim - 1)
+    covs = q @ torch.diag_embed(eigs) @ q.transpose(1, 2)
+    means = norms * directions / directions.norm(dim=1, keepdim=True)
+    return GaussianMixture(means, 0.5 * (covs + covs.transpose(1, 2)), torch.tensor(weights))
+
+
+def mixture_2d_thin() -> GaussianMixture:
+    """Five thin components in 2-D (standard deviations 0.5-0.9 along, 0.02-0.06 across: axis
+    ratios 10-40), means of norm 1.5-3, weights 0.35/0.25/0.2/0.15/0.05."""
+    return _random_mixture(2, [0.35, 0.25, 0.2, 0.15, 0.05], (1.5, 3.0), (0.25, 0.8), seed=21, thin=(4e-4, 4e-3))
+
+
+def mixture_8d_many() -> GaussianMixture:
+    """Twelve components in 8-D with uneven weights (proportional to 0.7^k: 0.31 down to 0.006),
+    means of norm 2-4, full covariances with eigenvalues 0.02-0.5."""
+    return _random_mixture(8, [0.7**k for k in range(12)], (2.0, 4.0), (0.02, 0.5), seed=22)
+
+
+def mixture_32d() -> GaussianMixture:
+    """Six components in 32-D, each thin in 31 directions (variances 0.003-0.03 there, 0.3-1
+    along one), means of norm 2.5-4, weights 0.4/0.2/0.15/0.1/0.1/0.05."""
+    return _random_mixture(32, [0.4, 0.2, 0.15, 0.1, 0.1, 0.05], (2.5, 4.0), (0.3, 1.0), seed=23, thin=(3e-3, 3e-2))
+
+
+MIXTURES: dict[str, Callable[[], GaussianMixture]] = {
+    "2d": mixture_2d, "16d": mixture_16d, "2dthin": mixture_2d_thin, "8dmany": mixture_8d_many, "32d": mixture_32d,
+}  # fmt: skip
+"""The standard mixtures by name. ``2d`` and ``16d`` are the ones the solvers and grid searches
+were developed on; ``2dthin``, ``8dmany`` and ``32d`` (other geometry: thin components, many
+components with uneven weights, 32 dimensions) were added later to check that they transfer."""
 
 SDES: dict[str, Callable[[], LinearSDE]] = {
     "vp": lambda: VPSDE(),

@@ -9,20 +9,11 @@ idea of Xue et al. 2024, and of Sabour et al. 2024's Align Your Steps, with the 
 the objective). Tune once per (model, SDE, sampler, number of steps), then reuse the grid for
 fresh noise; ``benchmarks/`` measures how well it transfers.
 
-Two searches, chosen by ``tune_time_grid(search=...)``:
-
-* ``"nelder_mead"`` (the default): scipy's Nelder–Mead over the log-SNR increments, one
-  sampler run per evaluation (up to ``60 * num_steps`` runs of ``steps + 1`` NFE on the pilot
-  batch: 5799 NFE and 2.0 s for 9 steps of DPM-Solver++(2M) on 256 points of the 2-D VP
-  benchmark mixture here, ~90 s on 512 points of a 12-component mixture).
-* ``"dp"`` (:func:`search_time_grid`): GITS (Chen et al. 2024, "On the Trajectory Regularity of
-  ODE-based Diffusion Sampling"): a dynamic programme over a fine teacher trajectory. Its cost is
-  one accurate solve saved on the fine grid (~300-400 NFE), one score evaluation per fine grid
-  point for the step costs (``teacher_steps``), and five validation runs: 522 NFE and 0.63 s for
-  the same 9 steps, with the same error on fresh noise (0.2195 against Nelder–Mead's 0.2197);
-  ``GridSearch.nfe`` and ``.seconds`` report it per call, ``tests/test_grid_tuning.py`` measures
-  both. The seconds beyond the NFE are the ``O(M^2)`` one-step costs (python steps on the pilot
-  batch), negligible beside a network's evaluations.
+Two searches (:func:`search_time_grid`): scipy's Nelder–Mead over the log-SNR increments (the
+default of :func:`tune_time_grid`), and GITS's dynamic programme over a fine teacher trajectory
+(Chen et al. 2024, "On the Trajectory Regularity of ODE-based Diffusion Sampling"), about ten
+times cheaper in NFE. Both search on part of the pilot noise and validate on the rest: the
+result is never worse there than the standard grids and the starting grid.
 """
 
 from __future__ import annotations
@@ -56,12 +47,12 @@ def _grid_of(sde: LinearSDE, theta: np.ndarray, lam_ends: Tensor, t_end: float) 
 
 
 def _check_search(
-    sde: LinearSDE, x_init: Tensor, num_steps: int, method: str, t_end: float, reference: Tensor | None, who: str
+    sde: LinearSDE, x_init: Tensor, num_steps: int, method: str, t_end: float, reference: Tensor | None
 ) -> Method:
     """Validate the arguments both searches share; return the solver's table entry."""
     if not isinstance(sde, LinearSDE):
-        raise TypeError(f"{who} needs a LinearSDE (it moves steps in log-SNR), got {type(sde).__name__}")
-    solver = lookup(method, who, lambda m: m.integrates == "ode" and m.runner == "scoresde")
+        raise TypeError(f"a time-grid search needs a LinearSDE (it moves steps in log-SNR), got {type(sde).__name__}")
+    solver = lookup(method, "a time-grid search", lambda m: m.integrates == "ode" and m.runner == "scoresde")
     if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < 1:
         raise ValueError(f"num_steps must be an int >= 1, got {num_steps!r}")
     if not isinstance(x_init, Tensor) or x_init.ndim < 2 or x_init.shape[0] < 2:
@@ -103,58 +94,33 @@ def tune_time_grid(
     teacher_steps: int = 64,
     holdout: float = 0.5,
 ) -> Tensor:
-    r"""A descending float64 grid of ``num_steps + 1`` times from ``T`` to ``t_end`` that minimises
-    the pilot RMSE :math:`\big(\frac1n\sum_i\|\hat x_i - x_i^\star\|^2\big)^{1/2}` of
-    ``sample_ode(method=method, timesteps=grid, denoise=denoise)``.
-
-    The grid is parametrised by its log-SNR increments
-    :math:`\Delta\lambda_k = (\lambda_{end} - \lambda_{start})\,\mathrm{softmax}(\theta)_k`, so
-    every :math:`\theta` is a valid grid with the end points fixed; scipy's Nelder–Mead
-    minimises :math:`\log\mathrm{RMSE}(\theta)` from ``init``, one sampler run per evaluation.
-    With ``search="dp"`` the grid comes from :func:`search_time_grid` instead (GITS's dynamic
-    programme, validated on held-back pilot noise; ``init`` is one of the grids it must beat
-    there), at a small fraction of the cost (see the module docstring).
-
-    Args:
-        score_fn: the score model the grid is for.
-        sde: a :class:`~scoresde.LinearSDE`.
-        x_init: pilot noise ``(n, *event)`` at ``T`` (not the noise you will sample from: a few
-            hundred prior draws).
-        num_steps: the sampler's steps (its NFE is ``num_steps``, plus one with ``denoise``).
-        method: a fixed-step solver of :func:`~scoresde.sample_ode` (``"unipc_3"``, ...).
-        init: the starting grid: a :func:`~scoresde.time_grid` kind or a descending tensor
-            from ``T`` to ``t_end``.
-        t_end: where the sampler stops (default ``1e-3``, Song et al.'s sampling end time, then
-            the ``denoise`` step; the SDE's ``t_min`` is meant for likelihoods).
-        reference: the accurate end states from ``x_init`` (default: dopri5 at
-            ``reference_tol``, with the same final denoising step).
-        max_evals: sampler runs allowed to the optimiser (default ``60 * num_steps``).
-        search: ``"nelder_mead"`` or ``"dp"`` (:func:`search_time_grid`).
-        teacher_steps, holdout: for ``search="dp"``: see :func:`search_time_grid`.
+    r"""A descending float64 grid of ``num_steps + 1`` times from ``T`` to ``t_end`` for
+    ``sample_ode(method=method, timesteps=grid, denoise=denoise)``: the grid
+    :func:`search_time_grid` finds (``.grid``), never worse on held-back pilot noise than ``init``
+    and the standard grids. See there for the arguments.
 
     Returns:
         ``(num_steps + 1,)`` float64 tensor on the CPU, for ``sample_ode(timesteps=...)``.
     """
-    if search not in SEARCHES:
-        raise ValueError(f"search must be one of {SEARCHES}, got {search!r}")
-    _check_search(sde, x_init, num_steps, method, t_end, reference, "tune_time_grid")
-    max_evals = 60 * num_steps if max_evals is None else max_evals
-    if not isinstance(max_evals, int) or max_evals < 1:
-        raise ValueError(f"max_evals must be a positive int, got {max_evals!r}")
-    start = _start_grid(sde, init, num_steps, t_end)
-    if num_steps == 1:
-        return start  # nothing to place
-    if search == "dp":
-        return search_time_grid(
-            score_fn, sde, x_init, num_steps, method=method, t_end=t_end, denoise=denoise, reference=reference,
-            reference_tol=reference_tol, teacher_steps=teacher_steps, holdout=holdout, candidates={"init": start},
-        ).grid  # fmt: skip
-    if reference is None:
-        reference = sample_ode(
-            score_fn, sde, x_init=x_init, method="dopri5", rtol=reference_tol, atol=reference_tol, t_end=t_end,
-            denoise=denoise,
-        ).x  # fmt: skip
+    return search_time_grid(
+        score_fn, sde, x_init, num_steps, method=method, search=search, init=init, t_end=t_end, denoise=denoise,
+        reference=reference, reference_tol=reference_tol, max_evals=max_evals, teacher_steps=teacher_steps,
+        holdout=holdout,
+    ).grid  # fmt: skip
 
+
+def _nelder_mead_grid(
+    score_fn: ScoreFn, sde: LinearSDE, x_init: Tensor, reference: Tensor, method: str, start: Tensor,
+    denoise: bool, max_evals: int,
+) -> Tensor:  # fmt: skip
+    r"""The grid minimising :math:`\log\mathrm{RMSE}(\theta)` on ``x_init`` against ``reference``
+    by scipy's Nelder–Mead over the log-SNR increments
+    :math:`\Delta\lambda_k = (\lambda_{end} - \lambda_{start})\,\mathrm{softmax}(\theta)_k` (every
+    :math:`\theta` a valid grid with the end points fixed), from ``start``: one sampler run per
+    evaluation, ``max_evals`` of them."""
+    from scipy.optimize import minimize
+
+    t_end = start[-1].item()
     lam_ends = sde.log_snr(start[[0, -1]])
 
     def log_rmse(theta: np.ndarray) -> float:
@@ -163,10 +129,8 @@ def tune_time_grid(
         rmse = pathwise_rmse(x, reference).item()
         return math.log(max(rmse, 1e-300)) if math.isfinite(rmse) else 1e3  # a diverged run: worst
 
-    from scipy.optimize import minimize
-
     theta0 = sde.log_snr(start).diff().div(lam_ends[1] - lam_ends[0]).log().numpy()
-    # the initial simplex holds theta0 and the result is its best vertex: never worse than ``init``
+    # the initial simplex holds theta0 and the result is its best vertex: never worse than ``start``
     best = minimize(log_rmse, theta0, method="Nelder-Mead", options={"maxfev": max_evals, "xatol": 1e-3, "fatol": 1e-4})
     return _grid_of(sde, best.x, lam_ends, t_end)
 
@@ -177,17 +141,19 @@ class GridSearch:
 
     Attributes:
         grid: the returned ``(num_steps + 1,)`` float64 grid (CPU).
-        chosen: ``"dp"`` if the searched grid won on the held-back noise, else the name of the
-            candidate it fell back to (a :func:`~scoresde.time_grid` kind, or a given one).
-        dp_grid: the dynamic programme's grid, whether chosen or not.
-        validation_rmse: held-back pilot RMSE of ``"dp"`` and of every candidate.
-        nfe: score evaluations spent (batched calls): teacher solve, step costs, validation.
+        chosen: the search's name (``"dp"``, ``"nelder_mead"``) if its grid won on the
+            held-back noise (or nothing was held back), else the name of the grid it fell back to
+            (``"init"`` or a :func:`~scoresde.time_grid` kind).
+        searched_grid: the search's grid, whether chosen or not.
+        validation_rmse: held-back pilot RMSE of the searched grid and of every candidate
+            (empty without ``holdout``).
+        nfe: score evaluations spent (batched calls): reference solve, search, validation.
         seconds: wall time of the whole search.
     """
 
     grid: Tensor
     chosen: str
-    dp_grid: Tensor
+    searched_grid: Tensor
     validation_rmse: dict[str, float]
     nfe: int
     seconds: float
@@ -309,88 +275,129 @@ def search_time_grid(
     num_steps: int,
     *,
     method: str,
+    search: str = "dp",
+    init: str | Tensor = "log_snr",
     t_end: float = 1e-3,
     denoise: bool = True,
     reference: Tensor | None = None,
     reference_tol: float = 1e-8,
+    max_evals: int | None = None,
     teacher_steps: int = 64,
     holdout: float = 0.5,
-    candidates: dict[str, Tensor] | None = None,
 ) -> GridSearch:
-    r"""GITS-style time-step search (Chen et al. 2024): a dynamic programme over a fine teacher
-    trajectory, checked on held-back pilot noise against the standard grids.
+    r"""A time grid for the fixed-step sampler ``method`` with ``num_steps`` steps, searched on
+    one part of the pilot noise and validated on the other against the standard grids.
 
-    1. **Teacher.** The first ``1 - holdout`` of ``x_init`` (the search part) is solved
-       accurately (dopri5 at ``reference_tol``), saved on a fine grid :math:`\tau_0 = T > \dots
-       > \tau_M = t_{end}` (``teacher_steps`` points, half uniform in log-SNR, half in ``t``).
-    2. **Costs.** :math:`c_{ij} = \mathrm{RMSE}\big(\Phi(x^\star_{\tau_i}, \tau_i \to \tau_j),
-       x^\star_{\tau_j}\big)` for :math:`i < j`: one step of ``method`` from the teacher state,
-       started afresh (for a multistep solver its start-up step, e.g. DDIM for the exponential
-       integrators), against the teacher there. The score at :math:`x^\star_{\tau_i}` is
-       evaluated once for all :math:`j` (methods with one evaluation per step).
-    3. **Programme.** :math:`\min_{0 = k_0 < \dots < k_K = M} \sum_i c_{k_i k_{i+1}}` with
-       exactly :math:`K` = ``num_steps`` steps: :math:`D_n(j) = \min_i D_{n-1}(i) + c_{ij}`,
-       :math:`O(K M^2)` additions, no NFE.
-    4. **Validation.** ``method`` runs on the held-back part of ``x_init`` with the searched grid
-       and with each standard grid (:data:`~scoresde.timesteps.GRID_KINDS`: uniform, quadratic,
-       log-SNR, Karras rho = 7) and any ``candidates``; the searched grid is returned only if
-       its held-back RMSE is no worse than theirs, else the best of them (``chosen`` says which).
+    The objective is the pilot RMSE :math:`\big(\frac1n\sum_i\|\hat x_i - x_i^\star\|^2\big)^{1/2}`
+    of ``sample_ode(method=method, timesteps=grid, denoise=denoise)`` against the accurate ODE
+    solution :math:`x^\star` from the same noise. Two searches run on the first ``1 - holdout`` of
+    ``x_init``:
 
-    A multistep solver's steps may change length in log-SNR by at most a factor 3 from one to
-    the next (the programme then runs over edges, :math:`O(K M^3)` additions), so the history
-    its costs were measured with is the one it will have.
+    * ``"nelder_mead"``: scipy's Nelder–Mead over the log-SNR increments from ``init``, one
+      sampler run per evaluation (``max_evals``, default ``60 * num_steps``).
+    * ``"dp"``: GITS (Chen et al. 2024), a dynamic programme over a fine teacher trajectory:
 
-    Cost (``nfe``, ``seconds`` in the result): the teacher solve (~300-400 NFE for a mixture),
-    ``M`` evaluations for the costs, ``num_steps + denoise`` per validated grid: 522 NFE (batched
-    calls) and 0.63 s for 9 steps on 256 points of a 2-D mixture, against 5799 NFE and 2.0 s for
-    Nelder–Mead (:func:`tune_time_grid`). On the 2-D benchmark mixtures the searched grid beats
-    the best standard grid on held-back noise only sometimes (iPNDM at 4 steps; UniPC-3 at 9 on
-    VP); the local-error proxy misses the mode switches that dominate their RMSE, and the
-    fallback then returns the standard grid.
+      1. **Teacher.** ``x_init`` is solved accurately (dopri5 at ``reference_tol``), saved on a
+         fine grid :math:`\tau_0 = T > \dots > \tau_M = t_{end}` (``teacher_steps`` points, half
+         uniform in log-SNR, half in ``t``).
+      2. **Costs.** :math:`c_{ij} = \mathrm{RMSE}\big(\Phi(x^\star_{\tau_i}, \tau_i \to \tau_j),
+         x^\star_{\tau_j}\big)` for :math:`i < j`: one step of ``method`` from the teacher state
+         (a multistep solver's history filled by its own steady steps, see
+         :func:`_step_costs`), against the teacher there. The score at each teacher state is
+         evaluated once for all :math:`j`.
+      3. **Programme.** :math:`\min_{0 = k_0 < \dots < k_K = M} \sum_i c_{k_i k_{i+1}}` with
+         exactly :math:`K` = ``num_steps`` steps: :math:`D_n(j) = \min_i D_{n-1}(i) + c_{ij}`,
+         :math:`O(K M^2)` additions, no NFE. A multistep solver's steps may change length in
+         log-SNR by at most a factor 3 from one to the next (over edges, :math:`O(K M^3)`).
+
+    **Validation.** ``method`` runs on the held-back part with the searched grid, with ``init``
+    and with each standard grid (:data:`~scoresde.timesteps.GRID_KINDS`: uniform, quadratic,
+    log-SNR, Karras rho = 7); the searched grid is returned only if its held-back RMSE is no
+    worse than theirs, else the best of them (``chosen`` says which). A grid fitted to one batch
+    of noise can be worse than a standard grid on fresh noise (mode switches dominate a few-step
+    RMSE); this is what keeps the result from being worse than the best of them, up to the
+    held-back batch's sampling error.
+
+    Cost (``nfe``, ``seconds`` in the result) for 9 steps of DPM-Solver++(2M) on 256 points of the
+    2-D VP benchmark mixture here: ``"dp"`` 522 NFE and 0.63 s (the teacher solve ~300-400 NFE,
+    ``M`` evaluations for the costs, ``num_steps + denoise`` per validated grid; the seconds beyond
+    the NFE are the ``O(M^2)`` one-step costs, python steps on the pilot batch); ``"nelder_mead"``
+    5799 NFE and 2.0 s (~90 s on 512 points of a 12-component mixture), for about the same
+    error on fresh noise. The DP's local-error proxy misses the mode switches that dominate the
+    RMSE, so on the 2-D benchmark mixtures it beats the best standard grid only sometimes.
 
     Args:
-        score_fn, sde, num_steps, method, t_end, denoise, reference_tol: as in
-            :func:`tune_time_grid`.
-        x_init: pilot noise ``(n, *event)``, ``n >= 4`` with a held-back part.
-        reference: accurate end states from ``x_init`` (default: from the teacher solve), used
-            for validation.
-        teacher_steps: points of the fine grid (more: finer placement, ``O(M^2)`` step costs).
-        holdout: fraction of ``x_init`` kept back for validation, in ``(0, 1)``.
-        candidates: more grids ``{name: (num_steps + 1,) tensor}`` the result must beat.
+        score_fn: the score model the grid is for.
+        sde: a :class:`~scoresde.LinearSDE`.
+        x_init: pilot noise ``(n, *event)`` at ``T`` (not the noise you will sample from: a few
+            hundred prior draws; ``n >= 4`` with a held-back part).
+        num_steps: the sampler's steps (its NFE is ``num_steps``, plus one with ``denoise``).
+        method: a fixed-step solver of :func:`~scoresde.sample_ode` (``"unipc_3"``, ...).
+        search: ``"dp"`` or ``"nelder_mead"``.
+        init: Nelder–Mead's starting grid, and a grid the result must beat: a
+            :func:`~scoresde.time_grid` kind or a descending tensor from ``T`` to ``t_end``.
+        t_end: where the sampler stops (default ``1e-3``, Song et al.'s sampling end time, then
+            the ``denoise`` step; the SDE's ``t_min`` is meant for likelihoods).
+        reference: the accurate end states from ``x_init`` (default: dopri5 at ``reference_tol``,
+            with the same final denoising step).
+        max_evals: sampler runs allowed to Nelder–Mead (default ``60 * num_steps``).
+        teacher_steps: points of the DP's fine grid (more: finer placement, ``O(M^2)`` step costs).
+        holdout: fraction of ``x_init`` kept back for validation, in ``[0, 1)``; 0 searches on all
+            of it and returns the searched grid unvalidated.
 
     Returns:
         a :class:`GridSearch`.
     """
-    solver = _check_search(sde, x_init, num_steps, method, t_end, reference, "search_time_grid")
-    if not isinstance(teacher_steps, int) or isinstance(teacher_steps, bool) or teacher_steps < num_steps:
+    if search not in SEARCHES:
+        raise ValueError(f"search must be one of {SEARCHES}, got {search!r}")
+    solver = _check_search(sde, x_init, num_steps, method, t_end, reference)
+    max_evals = 60 * num_steps if max_evals is None else max_evals
+    if not isinstance(max_evals, int) or isinstance(max_evals, bool) or max_evals < 1:
+        raise ValueError(f"max_evals must be a positive int, got {max_evals!r}")
+    bad_teacher = not isinstance(teacher_steps, int) or isinstance(teacher_steps, bool) or teacher_steps < num_steps
+    if search == "dp" and bad_teacher:
         raise ValueError(f"teacher_steps must be an int >= num_steps={num_steps}, got {teacher_steps!r}")
-    if not isinstance(holdout, (int, float)) or not 0 < holdout < 1:
-        raise ValueError(f"holdout must lie in (0, 1), got {holdout!r}")
-    n_search = round(x_init.shape[0] * (1 - holdout))
-    if not 2 <= n_search <= x_init.shape[0] - 2:
-        raise ValueError(
-            f"holdout={holdout} leaves {n_search} of {x_init.shape[0]} pilot points to search: need >= 2 each"
-        )
+    if not isinstance(holdout, (int, float)) or isinstance(holdout, bool) or not 0 <= holdout < 1:
+        raise ValueError(f"holdout must lie in [0, 1), got {holdout!r}")
+    start = _start_grid(sde, init, num_steps, t_end)
+    n = x_init.shape[0]
+    n_search = n if holdout == 0 else round(n * (1 - holdout))
+    if holdout and not 2 <= n_search <= n - 2:
+        raise ValueError(f"holdout={holdout} leaves {n_search} of {n} pilot points to search: need >= 2 each")
     started = time.perf_counter()
     counted = CountingScore(score_fn)
-    fine = _fine_grid(sde, teacher_steps, t_end)
-    teacher = sample_ode(
-        counted, sde, x_init=x_init, method="dopri5", rtol=reference_tol, atol=reference_tol, t_end=t_end,
-        denoise=denoise, save_at=fine,
-    )  # fmt: skip
-    states = teacher.trajectory.x
-    ends = teacher.x if reference is None else reference
-    stepper = solver.target(sde, counted)
-    cost = _step_costs(stepper, states[:, :n_search], fine, sde)
-    dp_grid = fine[_shortest_path(cost, num_steps, sde.log_snr(fine) if stepper.history_steps else None)]
+    if num_steps == 1:  # nothing to place
+        return GridSearch(start, "init", start, {}, 0, time.perf_counter() - started)
+    if search == "dp":
+        fine = _fine_grid(sde, teacher_steps, t_end)
+        teacher = sample_ode(
+            counted, sde, x_init=x_init, method="dopri5", rtol=reference_tol, atol=reference_tol, t_end=t_end,
+            denoise=denoise, save_at=fine,
+        )  # fmt: skip
+        ends = teacher.x if reference is None else reference
+        stepper = solver.target(sde, counted)
+        cost = _step_costs(stepper, teacher.trajectory.x[:, :n_search], fine, sde)
+        searched = fine[_shortest_path(cost, num_steps, sde.log_snr(fine) if stepper.history_steps else None)]
+    else:
+        ends = reference
+        if ends is None:
+            ends = sample_ode(
+                counted, sde, x_init=x_init, method="dopri5", rtol=reference_tol, atol=reference_tol, t_end=t_end,
+                denoise=denoise,
+            ).x  # fmt: skip
+        searched = _nelder_mead_grid(
+            counted, sde, x_init[:n_search], ends[:n_search], method, start, denoise, max_evals
+        )
+    if not holdout:
+        return GridSearch(searched, search, searched, {}, counted.calls, time.perf_counter() - started)
 
     held, held_ref = x_init[n_search:], ends[n_search:]
-    grids = {"dp": dp_grid} | {kind: time_grid(sde, num_steps, kind, t_end=t_end) for kind in GRID_KINDS}
-    grids |= {name: check_time_grid(sde, grid).cpu() for name, grid in (candidates or {}).items()}
+    grids = {search: searched, "init": start}
+    grids |= {kind: time_grid(sde, num_steps, kind, t_end=t_end) for kind in GRID_KINDS}
     rmse = {}
     for name, grid in grids.items():
         x = sample_ode(counted, sde, x_init=held, method=method, timesteps=grid, denoise=denoise).x
         value = pathwise_rmse(x, held_ref).item()
         rmse[name] = value if math.isfinite(value) else math.inf
-    chosen = min(rmse, key=lambda name: (rmse[name], name != "dp"))  # a tie keeps the searched grid
-    return GridSearch(grids[chosen], chosen, dp_grid, rmse, counted.calls, time.perf_counter() - started)
+    chosen = min(rmse, key=lambda name: (rmse[name], name != search))  # a tie keeps the searched grid
+    return GridSearch(grids[chosen], chosen, searched, rmse, counted.calls, time.perf_counter() - started)

@@ -107,7 +107,23 @@ def test_problem_seeds_and_data_copies():
     assert not torch.equal(pilot.x_init, problem.x_init) and pilot.num_samples == 16
     assert not torch.equal(problem.data(0), problem.data(1))
     torch.testing.assert_close(problem.log_prob(problem.data(0)), problem.gmm.log_prob(problem.data(0)))
-    assert set(bm.STANDARD_PROBLEMS) == {f"{m}-{s}" for m in ("2d", "16d") for s in ("vp", "subvp", "ve")}
+    mixtures = ("2d", "16d", "2dthin", "8dmany", "32d")
+    assert set(bm.STANDARD_PROBLEMS) == {f"{m}-{s}" for m in mixtures for s in ("vp", "subvp", "ve")}
+
+
+@pytest.mark.parametrize(("name", "dim", "components"), [("2dthin", 2, 5), ("8dmany", 8, 12), ("32d", 32, 6)])
+def test_held_out_mixtures_have_the_geometry_they_claim(name, dim, components):
+    gmm = bm.MIXTURES[name]()
+    assert gmm.dim == dim and len(gmm.weights) == components
+    torch.testing.assert_close(gmm.weights.sum(), torch.tensor(1.0, dtype=gmm.weights.dtype))
+    eig = torch.linalg.eigvalsh(gmm.covs)  # ascending, per component
+    if name == "8dmany":  # uneven weights: the largest over 40 times the smallest
+        assert gmm.weights.max() > 40 * gmm.weights.min() and eig.min() >= 0.02 - 1e-12
+    else:  # thin: every component's variance along its long axis over 10 times that across it
+        assert (eig[:, -1] > 10 * eig[:, -2]).all()
+    # every component is reached by sampling and the exact density is finite there
+    x = gmm.sample(4000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert torch.isfinite(gmm.log_prob(x)).all() and gmm.component(x).bincount(minlength=components).min() > 0
 
 
 def test_likelihood_errors_at_equal_nfe():

@@ -1,4 +1,4 @@
-"""tune_time_grid: a valid grid that lowers the few-step error, on pilot noise and on fresh noise."""
+"""tune_time_grid and search_time_grid: valid grids that lower the few-step error on fresh noise."""
 
 import pytest
 import torch
@@ -29,14 +29,33 @@ def test_tuned_grid_is_valid_and_beats_its_start_on_fresh_noise(name):
     steps, method = 6, "dpmpp_2m"
     start = sd.time_grid(sde, steps, "log_snr", t_end=T_END)
     pilot, fresh = prior(sde, 200, 1), prior(sde, 400, 2)
-    pilot_ref, fresh_ref = exact_end(score, sde, pilot), exact_end(score, sde, fresh)
-    grid = sd.tune_time_grid(score, sde, pilot, steps, method=method, t_end=T_END, max_evals=150)
+    fresh_ref = exact_end(score, sde, fresh)
+    found = sd.search_time_grid(score, sde, pilot, steps, method=method, search="nelder_mead", t_end=T_END,
+                                max_evals=150)  # fmt: skip
+    grid = found.grid
     assert grid.dtype == torch.float64 and grid.shape == (steps + 1,)
     assert grid[0] == sde.T and grid[-1] == T_END and (grid.diff() < 0).all()
-    # never worse on the pilot noise (Nelder-Mead keeps its best vertex, the start among them) ...
-    assert rmse(score, sde, pilot, pilot_ref, grid, method) <= rmse(score, sde, pilot, pilot_ref, start, method)
+    # the held-back half of the pilot chose it: no worse there than the start and the standard grids
+    assert found.validation_rmse[found.chosen] == min(found.validation_rmse.values())
+    assert set(found.validation_rmse) == {"nelder_mead", "init", *sd.timesteps.GRID_KINDS}
     # ... and the grid transfers: on independent noise the error falls by at least a third
     assert rmse(score, sde, fresh, fresh_ref, grid, method) < 0.67 * rmse(score, sde, fresh, fresh_ref, start, method)
+    # tune_time_grid is the same search (Nelder-Mead its default)
+    same = sd.tune_time_grid(score, sde, pilot, steps, method=method, t_end=T_END, max_evals=150)
+    torch.testing.assert_close(same, grid, rtol=0, atol=0)
+
+
+def test_holdout_zero_searches_on_all_the_pilot_unvalidated():
+    sde = sd.VPSDE()
+    score = separated_mixture_2d().score_fn(sde)
+    pilot = prior(sde, 64, 3)
+    start = sd.time_grid(sde, 4, "log_snr", t_end=T_END)
+    found = sd.search_time_grid(score, sde, pilot, 4, method="dpmpp_2m", search="nelder_mead", t_end=T_END,
+                                max_evals=40, holdout=0)  # fmt: skip
+    assert found.chosen == "nelder_mead" and found.validation_rmse == {}
+    assert torch.equal(found.grid, found.searched_grid)
+    ref = exact_end(score, sde, pilot)  # Nelder-Mead keeps its best vertex, the start among them
+    assert rmse(score, sde, pilot, ref, found.grid, "dpmpp_2m") <= rmse(score, sde, pilot, ref, start, "dpmpp_2m")
 
 
 def test_one_step_has_nothing_to_tune():
@@ -50,7 +69,7 @@ def test_bad_arguments():
     sde = sd.VPSDE()
     score = separated_mixture_2d().score_fn(sde)
     x = prior(sde, 8, 0)
-    with pytest.raises(ValueError, match="tune_time_grid cannot run method='dopri5'"):
+    with pytest.raises(ValueError, match="a time-grid search cannot run method='dopri5'"):
         sd.tune_time_grid(score, sde, x, 5, method="dopri5")
     with pytest.raises(ValueError, match="num_steps"):
         sd.tune_time_grid(score, sde, x, 0, method="ddim")
@@ -132,6 +151,8 @@ def test_dp_bad_arguments():
         sd.tune_time_grid(score, sde, x, 5, method="ddim", search="grid")
     with pytest.raises(ValueError, match="holdout must lie in"):
         sd.search_time_grid(score, sde, x, 5, method="ddim", holdout=1.0)
+    with pytest.raises(ValueError, match="max_evals must be"):
+        sd.search_time_grid(score, sde, x, 5, method="ddim", search="nelder_mead", max_evals=0)
     with pytest.raises(ValueError, match="pilot points to search"):
         sd.search_time_grid(score, sde, x[:3], 2, method="ddim")
     with pytest.raises(ValueError, match="teacher_steps must be"):
