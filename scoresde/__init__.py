@@ -4,11 +4,12 @@ Forward SDEs with closed-form marginals, an exact Gaussian-mixture oracle, score
 adapters, denoising score matching, samplers and likelihoods.
 """
 
-from scoresde import analytic, data, guidance, nn
+from scoresde import analytic, data, dequantization, guidance, nn
 from scoresde.analytic import GaussianMixture
 from scoresde.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from scoresde.data import ImageData, load_digits, load_images
 from scoresde.ddpm import DiscreteSchedule, ncsn_sigmas, sample_annealed_langevin, sample_ddim, sample_ddpm
+from scoresde.dequantization import TruncatedNormalDequantization, UniformDequantization
 from scoresde.discrete_data import (
     BitsPerDimResult,
     BpdEvaluation,
@@ -111,6 +112,9 @@ __all__ = [
     "bits_per_dim",
     "dequantize",
     "to_levels",
+    "dequantization",
+    "TruncatedNormalDequantization",
+    "UniformDequantization",
     "BitsPerDimResult",
     "DataTransform",
     "evaluate_bpd",
