@@ -165,12 +165,15 @@ def timed_bpd(evaluate: Any, *args: Any, **kwargs: Any) -> dict:
             "nfe_total": evaluation.nfe, "seconds": time.perf_counter() - t0}  # fmt: skip
 
 
-def ode_bpd(model: torch.nn.Module, sde: sd.LinearSDE, test: sd.data.ImageData, args: argparse.Namespace) -> dict:
-    """Test bits/dim by the probability-flow ODE (:func:`~scoresde.evaluate_bpd`, dopri5, Hutchinson)."""
+def ode_bpd(
+    model: torch.nn.Module, sde: sd.LinearSDE, test: sd.data.ImageData, args: argparse.Namespace, **bpd_kwargs: Any
+) -> dict:
+    """Test bits/dim by the probability-flow ODE (:func:`~scoresde.evaluate_bpd`, dopri5, Hutchinson);
+    ``bpd_kwargs`` go to :func:`~scoresde.bits_per_dim` (e.g. ``dequantization=``)."""
     return timed_bpd(
         sd.evaluate_bpd, model, sde, test.levels, num_bins=test.num_levels, transform=test.transform, batch_size=128,
         divergence="hutchinson", probe="rademacher", num_probes=args.num_probes, rtol=args.rtol, atol=args.rtol,
-        generator=torch.Generator().manual_seed(args.seed + 1),
+        generator=torch.Generator().manual_seed(args.seed + 1), **bpd_kwargs,
     )  # fmt: skip
 
 
