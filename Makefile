@@ -52,12 +52,13 @@ notebooks: install-test
 		$(abspath $(VENV))/bin/jupyter-execute --inplace --kernel_name=python3 --timeout=1800 "$$nb" || exit 1; \
 	done
 
-# `make bench` runs the quick benchmark (a few minutes), `make bench FULL=1` the full one; both
-# write benchmarks/results/. The peers (k-diffusion, flow_matching) come from the `bench` extra,
-# installed without their dependencies (they would pull another torch).
+# `make bench` runs the quick benchmark, `make bench FULL=1` the full one; both write
+# benchmarks/results/. The peers: k-diffusion and flow_matching installed without their
+# dependencies (they would pull another torch), diffusers with its own (no torch among them).
 BENCH_ARGS ?=
 bench: install
 	$(PIP) install --no-deps k-diffusion flow_matching
+	$(PIP) install diffusers
 	$(PY) benchmarks/run.py $(if $(FULL),--full,) $(BENCH_ARGS)
 
 clean:

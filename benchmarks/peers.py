@@ -16,6 +16,13 @@ executes the installed ``k_diffusion/sampling.py`` file under a private package 
 scipy and tqdm. flow_matching (Meta) imports cleanly; its ``ODESolver.compute_likelihood``
 integrates a velocity field from data at ``t = 1`` to noise at ``t = 0``, which
 :class:`FlowMatchingVelocity` provides by a linear change of time.
+
+diffusers' multistep schedulers (UniPC, DPM-Solver++, DEIS) work on a discrete training
+schedule :math:`\\bar\\alpha_k`; :func:`diffusers_scheduler` builds one from the SDE
+(``trained_betas`` of 1000 steps uniform in ``t`` over ``[t_end, T]``, so its noise levels span
+ours) with one of the scheduler's own grids (:data:`DIFFUSERS_GRIDS`), and
+:func:`run_diffusers` drives it with the exact :math:`\\epsilon` at each step's own noise level
+``scheduler.sigmas[i]``. diffusers needs no torch of its own (a plain ``pip install diffusers``).
 """
 
 from __future__ import annotations
@@ -72,6 +79,63 @@ def load_flow_matching_solver() -> type | None:
     from flow_matching.solver import ODESolver
 
     return ODESolver
+
+
+@cache
+def load_diffusers_schedulers() -> types.ModuleType | None:
+    """``diffusers.schedulers``, or ``None`` when diffusers is not installed."""
+    if importlib.util.find_spec("diffusers") is None:
+        return None
+    import diffusers.schedulers
+
+    return diffusers.schedulers
+
+
+DIFFUSERS_GRIDS: dict[str, dict[str, Any]] = {
+    "linspace": {},  # the default: timesteps linspace(0, 999) rounded, from 999
+    "trailing": {"timestep_spacing": "trailing"},
+    "karras": {"use_karras_sigmas": True},
+    "exponential": {"use_exponential_sigmas": True},
+}
+"""The grids of diffusers' multistep schedulers, as their configuration options."""
+
+TRAIN_STEPS = 1000
+
+
+def diffusers_scheduler(kind: str, sde: LinearSDE, t_end: float, grid: str, **config: Any) -> Any:
+    r"""diffusers' scheduler class ``kind`` (e.g. ``"UniPCMultistepScheduler"``) on the training
+    schedule of ``sde``: :math:`\bar\alpha_k = \mathrm{sigmoid}(\lambda(t_k))` at
+    :math:`t_k` uniform from ``t_end`` to ``T`` (``trained_betas``
+    :math:`\beta_k = 1 - \bar\alpha_k/\bar\alpha_{k-1}`), with ``grid`` of :data:`DIFFUSERS_GRIDS`."""
+    schedulers = load_diffusers_schedulers()
+    if schedulers is None:
+        raise RuntimeError("diffusers is not installed (pip install diffusers)")
+    times = torch.linspace(t_end, sde.T, TRAIN_STEPS, dtype=torch.float64)
+    alpha_bar = torch.sigmoid(sde.log_snr(times))
+    betas = 1 - alpha_bar / torch.cat([alpha_bar.new_ones(1), alpha_bar[:-1]])
+    return getattr(schedulers, kind)(
+        num_train_timesteps=TRAIN_STEPS, trained_betas=betas.numpy(), **DIFFUSERS_GRIDS[grid], **config
+    )
+
+
+def run_diffusers(scheduler: Any, sde: LinearSDE, denoiser_fn: ScoreFn, x_init: Tensor, num_steps: int,
+                  dtype: torch.dtype) -> tuple[Tensor, Tensor]:  # fmt: skip
+    r"""``num_steps`` steps of ``scheduler`` from our ``x_init`` at ``T``, driven by the exact
+    :math:`\epsilon = (x_t - \alpha_t D(x_t, t))/\sigma_t` at the time :math:`t` of each step's
+    noise level ``scheduler.sigmas[i]`` (:math:`\sigma/\alpha`, the state scaled by
+    :math:`\alpha = (1 + \sigma^2)^{-1/2}` in the scheduler's convention), the state held in
+    ``dtype``. Returns the final state in sigma space, :math:`x/\alpha` (float64: the data
+    estimate when the scheduler ends at :math:`\sigma = 0`), and the final noise level."""
+    scheduler.set_timesteps(num_steps)
+    sigmas = scheduler.sigmas.to(torch.float64)
+    t_start = torch.tensor(sde.T, dtype=torch.float64)
+    x = (x_init / sde.alpha(t_start) / (1 + sigmas[0] ** 2).sqrt()).to(dtype)
+    for i, timestep in enumerate(scheduler.timesteps):
+        t = sde.inverse_log_snr(-2 * sigmas[i].log()).reshape(1)
+        x_t = x.to(torch.float64) * (1 + sigmas[i] ** 2).sqrt() * sde.alpha(t)
+        eps = (x_t - sde.alpha(t) * denoiser_fn(x_t, t.expand(x.shape[0]))) / sde.sigma(t)
+        x = scheduler.step(eps.to(dtype), timestep, x).prev_sample
+    return x.to(torch.float64) * (1 + sigmas[-1] ** 2).sqrt(), sigmas[-1]
 
 
 def karras_sigma(sde: LinearSDE, t: Tensor) -> Tensor:

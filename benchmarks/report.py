@@ -5,37 +5,54 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 from scoresde.benchmark import best_within, fewest_nfe_within, fitted_nfe_within
 
-TARGET_BUDGETS = (10, 20)
+TARGET_BUDGETS = (5, 10, 20)
+PEERS = ("k-diffusion", "diffusers")
 LIKELIHOOD_TARGET = 1e-3
 LIKELIHOOD_RATIOS = tuple(
     f"{kind}_vs_{peer}" for kind in ("nfe_ratio", "fitted_nfe_ratio", "time_ratio") for peer in ("k_diffusion", "scipy")
 )
 
 
-def _best(rows: list[dict], problem: str, library: str, budget: int) -> dict | None:
-    return best_within([r for r in rows if r["problem"] == problem and r["library"] == library], budget)
+def _best(rows: list[dict], budget: int, error: str, keep: Callable[[dict], bool]) -> dict | None:
+    return best_within([r for r in rows if keep(r)], budget, error)
+
+
+def _label(row: dict) -> str:
+    return f"{row['sampler']} ({row['grid']}, {row['nfe']})"
 
 
 def sampling_targets(rows: list[dict]) -> list[dict]:
-    """Per problem and budget: the best scoresde and best k-diffusion deterministic sampler
-    (lowest RMSE with NFE <= budget) and the ratio (target: <= 0.5)."""
+    """Per problem and budget, for the RMSE and the median per-sample error alike: scoresde's
+    best deterministic sampler (the lowest error with NFE <= budget), its best on untuned grids
+    (no ``+tuned``/``+dp`` rows), the best of the peers (k-diffusion and diffusers, any sampler on
+    any of their grids), and the ratios (target: <= 0.5)."""
     out = []
     for problem in dict.fromkeys(r["problem"] for r in rows):
-        for budget in TARGET_BUDGETS:
-            ours, peer = _best(rows, problem, "scoresde", budget), _best(rows, problem, "k-diffusion", budget)
-            if ours is None or peer is None:
-                continue
-            out.append({
-                "problem": problem, "nfe_budget": budget,
-                "scoresde_best": f"{ours['sampler']} ({ours['grid']}, {ours['nfe']})", "scoresde_rmse": ours["rmse"],
-                "k_diffusion_best": f"{peer['sampler']} ({peer['grid']}, {peer['nfe']})",
-                "k_diffusion_rmse": peer["rmse"], "ratio": ours["rmse"] / peer["rmse"],
-                "met": ours["rmse"] <= 0.5 * peer["rmse"],
-            })  # fmt: skip
+        here = [r for r in rows if r["problem"] == problem]
+        if not any(r["library"] in PEERS for r in here):
+            continue
+        for budget in (b for b in TARGET_BUDGETS if b in {r["level"] for r in here}):
+            row: dict = {"problem": problem, "nfe_budget": budget}
+            for error, short in (("rmse", "rmse"), ("median_error", "median")):
+                ours = _best(here, budget, error, lambda r: r["library"] == "scoresde")
+                untuned = _best(here, budget, error, lambda r: r["library"] == "scoresde" and "+" not in r["sampler"])
+                peer = _best(here, budget, error, lambda r: r["library"] in PEERS)
+                if ours is None or untuned is None or peer is None:
+                    break
+                row |= {
+                    f"scoresde_best_{short}": _label(ours), f"scoresde_{short}": ours[error],
+                    f"untuned_best_{short}": _label(untuned), f"untuned_{short}": untuned[error],
+                    f"peer_best_{short}": _label(peer), f"peer_{short}": peer[error],
+                    f"ratio_{short}": ours[error] / peer[error], f"untuned_ratio_{short}": untuned[error] / peer[error],
+                }  # fmt: skip
+            else:
+                row["met"] = row["ratio_rmse"] <= 0.5 and row["ratio_median"] <= 0.5
+                out.append(row)
     return out
 
 

@@ -29,7 +29,7 @@ from benchmarks import report
 from benchmarks.grids import CANDIDATES, QUICK_CANDIDATES
 from benchmarks.likelihood import all_methods, run_likelihood
 from benchmarks.overhead import run_overhead
-from benchmarks.peers import load_flow_matching_solver, load_k_diffusion_sampling
+from benchmarks.peers import load_diffusers_schedulers, load_flow_matching_solver, load_k_diffusion_sampling
 from benchmarks.samplers import all_samplers
 from benchmarks.sampling import run_sampling
 from scoresde.benchmark import STANDARD_PROBLEMS, Problem, markdown_table, standard_problem
@@ -37,7 +37,10 @@ from scoresde.benchmark import STANDARD_PROBLEMS, Problem, markdown_table, stand
 RESULTS = Path(__file__).resolve().parent / "results"
 PARTS = ("sampling", "likelihood", "overhead")
 ALL_PROBLEMS = STANDARD_PROBLEMS
-QUICK_PROBLEMS = ("2d-vp", "2d-subvp", "2d-ve", "16d-vp", "16d-ve")
+FULL_PROBLEMS = tuple(f"{m}-{s}" for m in ("2d", "16d") for s in ("vp", "subvp", "ve")) + tuple(
+    f"{m}-{s}" for m in ("2dthin", "8dmany", "32d") for s in ("vp", "ve")
+)
+QUICK_PROBLEMS = ("2d-vp", "2d-ve", "16d-vp", "16d-ve", "2dthin-vp", "8dmany-ve", "32d-vp")
 LIKELIHOOD_PROBLEMS = ("2d-vp", "2d-ve", "16d-vp", "16d-ve")
 MODES = {
     "quick": {"budgets": [5, 10, 20, 50], "samples": {"2d": 500, "16d": 300}, "pilot": 256, "repeats": 3,
@@ -47,7 +50,7 @@ MODES = {
     # full: a quarter-decade tolerance grid, since "the fewest NFE within 1e-3" moves with the grid
     # step (a half decade in tolerance is about 25 % in NFE for a fifth-order pair)
     "full": {"budgets": [5, 10, 15, 20, 30, 50, 100, 200], "samples": {"2d": 4000, "16d": 2000}, "pilot": 512,
-             "problems": ALL_PROBLEMS, "grids": CANDIDATES,
+             "problems": FULL_PROBLEMS, "grids": CANDIDATES,
              "repeats": 5, "ll_problems": LIKELIHOOD_PROBLEMS, "ll_points": {"2d": 512, "16d": 256}, "ll_point_sets": 3,
              "tolerances": [10 ** (-k / 4) for k in range(8, 25)]},
     # smoke: seconds, for the tests; it checks that the harness runs, not the numbers
@@ -68,8 +71,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     size.add_argument("--smoke", action="store_true", help="a tiny run (seconds) that checks the harness runs")
     parser.add_argument("--only", nargs="+", choices=PARTS, default=list(PARTS), help="which parts to run")
     parser.add_argument("--problems", nargs="+", choices=ALL_PROBLEMS, default=None,
-                        help="mixture-SDE problems (default: quick 5, full 6, smoke 2d-vp; likelihood: 2-D/16-D VP/VE)")
-    parser.add_argument("--no-peers", action="store_true", help="skip k-diffusion and flow_matching")
+                        help="problems (default: quick 7, full 12, smoke 2d-vp; likelihood 2-D/16-D VP/VE)")
+    parser.add_argument("--no-peers", action="store_true", help="skip k-diffusion, diffusers and flow_matching")
     parser.add_argument("--out", type=Path, default=RESULTS, help="output folder (default benchmarks/results)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 on a shared CPU)")
     return parser.parse_args(argv)  # fmt: skip
@@ -96,14 +99,19 @@ def _describe(meta: dict) -> str:
 
 
 def _sampling_sections(rows: list[dict]) -> list[str]:
-    return ["## Few-step sampling targets (RMSE ratio, target <= 0.5)",
+    return ["## Few-step sampling targets (RMSE and median-error ratios to the best peer, target <= 0.5)",
+            "Against the best of k-diffusion and diffusers on any of their grids; `untuned` is scoresde "
+            "without the searched grids (`+tuned`, `+dp`). Searched grids come from pilot noise disjoint "
+            "from the evaluated noise; their cost is in the all-rows table (`grid_search_nfe`, seconds).",
             markdown_table(report.sampling_targets(rows), [
-                "problem", "nfe_budget", "scoresde_best", "scoresde_rmse", "k_diffusion_best",
-                "k_diffusion_rmse", "ratio", "met"]),
+                "problem", "nfe_budget", "scoresde_best_rmse", "scoresde_rmse", "untuned_best_rmse", "untuned_rmse",
+                "peer_best_rmse", "peer_rmse", "ratio_rmse", "untuned_ratio_rmse", "scoresde_median",
+                "untuned_median", "peer_median", "ratio_median", "untuned_ratio_median", "met"]),
             "## Sampling: all rows",
             markdown_table(rows, [
                 "problem", "sampler", "grid", "level", "nfe", "rmse", "median_error", "mode_switch_fraction",
-                "sw", "sw_floor", "log_p_gap", "log_p_gap_floor", "seconds"])]  # fmt: skip
+                "sw", "sw_floor", "log_p_gap", "log_p_gap_floor", "seconds", "grid_search_nfe",
+                "grid_search_seconds"])]  # fmt: skip
 
 
 def _likelihood_sections(rows: list[dict]) -> list[str]:
@@ -148,6 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     notes = []
     if peers and load_k_diffusion_sampling() is None:
         notes.append("k-diffusion is not installed: its samplers and log_likelihood are skipped")
+    if peers and load_diffusers_schedulers() is None:
+        notes.append("diffusers is not installed: its schedulers are skipped")
     if peers and load_flow_matching_solver() is None:
         notes.append("flow_matching is not installed: its likelihood is skipped")
     for note in notes:
@@ -160,13 +170,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     sections += [f"Note: {n}." for n in notes]
 
     def problems(names: Sequence[str], sizes: dict[str, int]) -> list[Problem]:
-        return [standard_problem(n, sizes[n.split("-")[0]]) for n in names]
+        """Each problem with the 2-D size for a 2-D mixture, else the 16-D one."""
+        return [standard_problem(n, sizes["2d" if n.startswith("2d") else "16d"]) for n in names]
 
     fresh: dict[str, list[dict]] = {}  # rows of the parts run now
     if "sampling" in args.only:
         with_k_diffusion = peers and load_k_diffusion_sampling() is not None
         fresh["sampling"] = run_sampling(
-            problems(args.problems or mode["problems"], mode["samples"]), all_samplers(with_k_diffusion),
+            problems(args.problems or mode["problems"], mode["samples"]), all_samplers(with_k_diffusion, peers),
             mode["budgets"], pilot_size=mode["pilot"], repeats=mode["repeats"], grids=mode["grids"],
         )  # fmt: skip
         _write(args.out, "sampling.json", meta | {"budgets": mode["budgets"]}, fresh["sampling"])

@@ -18,16 +18,27 @@ import torch
 from torch import Tensor
 
 from benchmarks.grids import make_grid
-from benchmarks.peers import KarrasDenoiser, karras_sigma, load_k_diffusion_sampling, seeded_noise_sampler
+from benchmarks.peers import (
+    DIFFUSERS_GRIDS,
+    KarrasDenoiser,
+    diffusers_scheduler,
+    karras_sigma,
+    load_diffusers_schedulers,
+    load_k_diffusion_sampling,
+    run_diffusers,
+    seeded_noise_sampler,
+)
 from scoresde import sample_ode, sample_pc, sample_sde
 from scoresde.benchmark import T_END, Problem
 
 RunFn = Callable[[Problem, Tensor, float, str | Tensor, int], tuple[Tensor, int]]
 ADAPTIVE_TOLERANCES = (1e-2, 1e-3, 1e-4, 1e-5)
-TUNED = ("unipc_2", "unipc_3")
+TUNED = (("unipc_2", "nelder_mead"), ("unipc_3", "nelder_mead"), ("ipndm", "nelder_mead"), ("unipc_3", "dp"),
+         ("ipndm", "dp"))  # fmt: skip
 TUNED_MAX_NFE = 20
-"""Solvers also run on a grid tuned on the pilot noise (:func:`~scoresde.tune_time_grid`), at
-budgets up to ``TUNED_MAX_NFE`` (the few-step regime; tuning cost grows with the steps)."""
+"""Solvers also run on a grid searched on the pilot noise (:func:`~scoresde.search_time_grid`, by
+Nelder-Mead: ``+tuned``, or by the dynamic programme: ``+dp``), at budgets up to
+``TUNED_MAX_NFE`` (the few-step regime; the search's cost grows with the steps)."""
 
 
 @dataclass(frozen=True)
@@ -40,7 +51,9 @@ class Sampler:
     deterministic: bool = True
     takes_grid: bool = True
     adaptive: bool = False
-    tuned_method: str | None = None  # set: run on a grid tuned for this sample_ode method
+    tuned_method: str | None = None  # set: run on a grid searched for this sample_ode method ...
+    tuned_search: str = "nelder_mead"  # ... by this search of search_time_grid
+    grids: tuple[str, ...] | None = None  # its own candidate grids (default: benchmarks.grids')
 
 
 def steps_within(budget: float, evals_per_step: int = 1) -> int:
@@ -133,6 +146,50 @@ def _k_dpm_solver(adaptive: bool) -> RunFn:
     return run
 
 
+def _diffusers(kind: str, dtype: torch.dtype = torch.float64, **config: object) -> RunFn:
+    r"""diffusers' scheduler ``kind`` with ``config``, on its grid ``grid`` (:data:`DIFFUSERS_GRIDS`),
+    the state in ``dtype``. A scheduler that ends at :math:`\sigma = 0` spends the whole budget on
+    steps; one that ends at its smallest noise level (DEIS) gets our final denoising step there."""
+
+    def run(problem: Problem, x_init: Tensor, budget: float, grid: str, seed: int) -> tuple[Tensor, int]:
+        scheduler = diffusers_scheduler(kind, problem.sde, T_END, grid, **config)
+        to_zero = getattr(scheduler.config, "final_sigmas_type", None) == "zero"
+        steps = int(budget) if to_zero else steps_within(budget)
+        x, sigma_end = run_diffusers(scheduler, problem.sde, problem.denoiser_fn, x_init, steps, dtype)
+        if to_zero:
+            return x, steps
+        t = problem.sde.inverse_log_snr(-2 * sigma_end.log()).reshape(1)
+        return problem.denoiser_fn(problem.sde.alpha(t) * x, t.expand(x.shape[0])), steps + 1
+
+    return run
+
+
+def diffusers_samplers() -> list[Sampler]:
+    """diffusers' multistep schedulers, each on its own grids: UniPC (bh1, bh2; orders 2, 3; in
+    float32, as its float64 path fails in diffusers 0.42), DPM-Solver++ (2M, 3M) and DEIS (orders
+    2, 3)."""
+    own = tuple(DIFFUSERS_GRIDS)
+    # bh1 on its default last step to sigma = 0 returns NaN (its B(h) = h with h = inf): it ends at
+    # its smallest sigma instead, where our denoising step follows
+    unipc = [
+        Sampler(f"diffusers:unipc_{kind}_{order}", "diffusers", grids=own,
+                run=_diffusers("UniPCMultistepScheduler", torch.float32, solver_type=kind, solver_order=order,
+                               **({"final_sigmas_type": "sigma_min"} if kind == "bh1" else {})))
+        for kind in ("bh1", "bh2") for order in (2, 3)
+    ]  # fmt: skip
+    dpm = [
+        Sampler(f"diffusers:dpmpp_{order}m", "diffusers", grids=own,
+                run=_diffusers("DPMSolverMultistepScheduler", solver_order=order))
+        for order in (2, 3)
+    ]  # fmt: skip
+    deis = [
+        Sampler(f"diffusers:deis_{order}", "diffusers", _diffusers("DEISMultistepScheduler", solver_order=order),
+                grids=own)
+        for order in (2, 3)
+    ]  # fmt: skip
+    return unipc + dpm + deis
+
+
 def levels(sampler: Sampler, budgets: list[int]) -> list[float]:
     """The levels ``sampler`` runs at: the tolerances if adaptive, else the NFE budgets (a
     ``+tuned`` sampler's up to :data:`TUNED_MAX_NFE`)."""
@@ -141,10 +198,15 @@ def levels(sampler: Sampler, budgets: list[int]) -> list[float]:
     return [float(b) for b in budgets if sampler.tuned_method is None or b <= TUNED_MAX_NFE]
 
 
-def all_samplers(with_k_diffusion: bool) -> list[Sampler]:
-    multistep = ("ddim", "dpmpp_2m", "dpmpp_3m", "unipc_2", "unipc_3")
+def all_samplers(with_k_diffusion: bool, with_diffusers: bool = False) -> list[Sampler]:
+    """Ours, and the peers' that are installed and asked for."""
+    multistep = ("ddim", "dpmpp_2m", "dpmpp_3m", "unipc_2", "unipc_3", "ipndm", "deis_3")
     ours = [Sampler(f"scoresde:{m}", "scoresde", _ours_ode(m)) for m in multistep]
-    ours += [Sampler(f"scoresde:{m}+tuned", "scoresde", _ours_ode(m), tuned_method=m) for m in TUNED]
+    ours += [
+        Sampler(f"scoresde:{m}+{'tuned' if search == 'nelder_mead' else search}", "scoresde", _ours_ode(m),
+                tuned_method=m, tuned_search=search)
+        for m, search in TUNED
+    ]  # fmt: skip
     ours += [
         Sampler("scoresde:euler", "scoresde", _ours_ode("euler")),
         Sampler("scoresde:heun", "scoresde", _ours_ode("heun", 2)),
@@ -153,6 +215,8 @@ def all_samplers(with_k_diffusion: bool) -> list[Sampler]:
         Sampler("scoresde:pc_ancestral", "scoresde", _ours_stochastic("ancestral"), deterministic=False),
         Sampler("scoresde:pc_langevin", "scoresde", _ours_stochastic("langevin"), deterministic=False),
     ]
+    if with_diffusers and load_diffusers_schedulers() is not None:
+        ours += diffusers_samplers()
     if not with_k_diffusion:
         return ours
     peers = [Sampler(f"k-diffusion:{m}", "k-diffusion", _k_fixed(m)) for m in ("euler", "lms", "dpmpp_2m")]

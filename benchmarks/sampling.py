@@ -2,7 +2,8 @@
 
 For each problem and budget: each grid-taking deterministic sampler gets its grid chosen on a
 pilot run (:func:`~benchmarks.grids.select_grid`, different noise); the ``+tuned`` samplers
-then move the steps of that grid by :func:`~scoresde.tune_time_grid` on the same pilot noise;
+then search a grid from there by :func:`~scoresde.search_time_grid` on the same pilot noise
+(half of it to search, half to validate against the standard grids);
 stochastic samplers use their library's recommended grid. Then
 :func:`scoresde.benchmark.compare_samplers` runs all samplers round-robin ``repeats`` times on
 the evaluation noise (median wall time) and scores them against the exact answers.
@@ -18,13 +19,14 @@ from torch import Tensor
 
 from benchmarks.grids import CANDIDATES, RECOMMENDED, make_grid, select_grid
 from benchmarks.samplers import Sampler, levels, steps_within
-from scoresde import pathwise_rmse, tune_time_grid
+from scoresde import pathwise_rmse, search_time_grid
 from scoresde.benchmark import T_END, Problem, SamplerFn, compare_samplers
 
 PILOT_SEED = 10
 NOISE_SEED = 3
-Grid = tuple[str, str | Tensor]
-"""A grid's label for the table, and the grid (a candidate's name, or a tuned tensor)."""
+Grid = tuple[str, str | Tensor, dict]
+"""A grid's label for the table, the grid (a candidate's name, or a searched tensor), and what
+the search cost (``grid_search_nfe``, ``grid_search_seconds``; empty for a candidate)."""
 
 
 def _pilot_grid(
@@ -34,7 +36,7 @@ def _pilot_grid(
     each level, so a ``+tuned`` sampler starts from its untuned twin's choice (the same solver
     on the same pilot) instead of selecting again."""
     if not (sampler.takes_grid and sampler.deterministic):
-        return RECOMMENDED[sampler.library], RECOMMENDED[sampler.library]
+        return RECOMMENDED[sampler.library], RECOMMENDED[sampler.library], {}
 
     def pilot_rmse(grid: str) -> float:
         try:
@@ -43,18 +45,19 @@ def _pilot_grid(
             return math.inf
         return pathwise_rmse(x, pilot.reference).nan_to_num(math.inf).item()
 
-    key = (sampler.name.removesuffix("+tuned"), level)
+    key = (sampler.name.split("+")[0], level)
     if key not in selected:
-        selected[key] = select_grid(pilot_rmse, grids)
+        selected[key] = select_grid(pilot_rmse, sampler.grids or grids)
     best = selected[key]
     if sampler.tuned_method is None:
-        return best, best
+        return best, best, {}
     steps = steps_within(level)
-    tuned = tune_time_grid(
-        pilot.score_fn, pilot.sde, pilot.x_init, steps, method=sampler.tuned_method, t_end=T_END,
-        init=make_grid(pilot.sde, steps, best, T_END), reference=pilot.reference,
+    found = search_time_grid(
+        pilot.score_fn, pilot.sde, pilot.x_init, steps, method=sampler.tuned_method, search=sampler.tuned_search,
+        t_end=T_END, init=make_grid(pilot.sde, steps, best, T_END), reference=pilot.reference,
     )  # fmt: skip
-    return f"tuned({best})", tuned
+    label = f"{sampler.tuned_search}({best})" if found.chosen == sampler.tuned_search else f"fallback:{found.chosen}"
+    return label, found.grid, {"grid_search_nfe": found.nfe, "grid_search_seconds": found.seconds}
 
 
 def _on_grids(sampler: Sampler, grids: dict[float, Grid]) -> SamplerFn:
@@ -93,7 +96,7 @@ def run_sampling(
         for row in measured:
             sampler = runs[row["sampler"]][0]
             mixture, sde = problem.name.split("-")
-            grid = chosen[sampler.name][row["level"]][0] if sampler.takes_grid else "own"
+            label, _, cost = chosen[sampler.name][row["level"]] if sampler.takes_grid else ("own", None, {})
             rows.append({"problem": problem.name, "mixture": mixture, "sde": sde, "library": sampler.library,
-                         "grid": grid} | row)  # fmt: skip
+                         "grid": label} | cost | row)  # fmt: skip
     return rows
