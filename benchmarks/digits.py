@@ -92,6 +92,14 @@ def make_net(args: argparse.Namespace, num_pixels: int, num_classes: int | None 
     )  # fmt: skip
 
 
+def comma_subset(parser: argparse.ArgumentParser, flag: str, value: str, allowed: tuple[str, ...]) -> list[str]:
+    """The comma-separated names of ``value`` (given as ``flag``), all of ``allowed``, or a parser error."""
+    names = value.split(",")
+    if not names or set(names) - set(allowed):
+        parser.error(f"{flag} must be a comma-separated subset of {allowed}, got {value!r}")
+    return names
+
+
 def add_training_arguments(parser: argparse.ArgumentParser, *, steps: int = 2500) -> None:
     """The flags of the network and the training recipe, shared by the digits benchmarks."""
     parser.add_argument("--minutes", type=float, default=30.0, help="training wall-clock budget per model (a cap)")
@@ -344,9 +352,7 @@ def main() -> None:
     parser.add_argument("--ode-methods", default="heun,dpmpp_2m", help="fixed-step ODE samplers")
     parser.add_argument("--quick", action="store_true", help="evaluate on 32 test images only")
     args = parser.parse_args()
-    models = args.models.split(",")
-    if not models or set(models) - set(MODELS):
-        parser.error(f"--models must be a comma-separated subset of {MODELS}, got {args.models!r}")
+    models = comma_subset(parser, "--models", args.models, MODELS)
     torch.set_num_threads(args.threads)
 
     train, test = load_digits("train"), load_digits("test")

@@ -47,7 +47,7 @@ if __package__ in (None, ""):  # run as a script: the checkout's root, so `bench
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import scoresde as sd
-from benchmarks.digits import add_training_arguments, make_net, ode_bpd, train_model
+from benchmarks.digits import add_training_arguments, comma_subset, make_net, ode_bpd, train_model
 from scoresde.data import load_digits
 from scoresde.noise import BatchNoise
 
@@ -274,9 +274,7 @@ def main() -> None:
     parser.add_argument("--train-only", action="store_true", help="train the variants, evaluate nothing")
     parser.add_argument("--quick", action="store_true", help="evaluate on 16 test images only")
     args = parser.parse_args()
-    variants = args.variants.split(",")
-    if not variants or set(variants) - set(VARIANTS):
-        parser.error(f"--variants must be a comma-separated subset of {tuple(VARIANTS)}, got {args.variants!r}")
+    variants = comma_subset(parser, "--variants", args.variants, tuple(VARIANTS))
     torch.set_num_threads(args.threads)
 
     train, test = load_digits("train"), load_digits("test")

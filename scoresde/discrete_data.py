@@ -27,7 +27,7 @@ from scoresde._tensor import check_finite, check_generator
 from scoresde.dequantization import make_dequantization
 from scoresde.distributed import distributed_context, shard_batches
 from scoresde.likelihood import log_likelihood
-from scoresde.noise import BatchNoise, Noise, SampleNoise, noise_source
+from scoresde.noise import BatchNoise, SampleNoise, noise_source
 from scoresde.progress import progress_bar
 from scoresde.sde.base import SDE, ScoreFn
 
@@ -149,18 +149,11 @@ def dequantize(
     :math:`\\nu` uniform on ``[0, 1)`` drawn with ``generator`` on ``levels``' device (or ``0.5``, the
     bin centre, with ``centre=True``). ``dtype``: the float type (default ``levels``' own if it is a
     float, else torch's default)."""
-    return _dequantize(levels, num_bins, transform, BatchNoise(generator), dtype, centre)
-
-
-def _dequantize(
-    levels: Tensor, num_bins: int, transform: DataTransform | None, noise: Noise, dtype: torch.dtype | None,
-    centre: bool,
-) -> Tensor:
     transform = DataTransform() if transform is None else transform
     if dtype is None:
         dtype = levels.dtype if levels.is_floating_point() else torch.get_default_dtype()
     x = levels.to(dtype)
-    offset = 0.5 if centre else noise.rand_like(x)
+    offset = 0.5 if centre else BatchNoise(generator).rand_like(x)
     return transform((x + offset) / num_bins)
 
 
