@@ -35,6 +35,8 @@ RunFn = Callable[[Problem, Tensor, float, str | Tensor, int], tuple[Tensor, int]
 ADAPTIVE_TOLERANCES = (1e-2, 1e-3, 1e-4, 1e-5)
 TUNED = (("unipc_2", "nelder_mead"), ("unipc_3", "nelder_mead"), ("ipndm", "nelder_mead"), ("unipc_3", "dp"),
          ("ipndm", "dp"))  # fmt: skip
+AFS = ("ipndm", "unipc_3")
+"""Also run with the analytical first step (``scoresde:<method>_afs``: one NFE saved, one step more)."""
 TUNED_MAX_NFE = 20
 """Solvers also run on a grid searched on the pilot noise (:func:`~scoresde.search_time_grid`, by
 Nelder-Mead: ``+tuned``, or by the dynamic programme: ``+dp``), at budgets up to
@@ -61,11 +63,15 @@ def steps_within(budget: float, evals_per_step: int = 1) -> int:
     return max(int(budget - 1) // evals_per_step, 1)
 
 
-def _ours_ode(method: str, evals_per_step: int = 1) -> RunFn:
+def _ours_ode(method: str, evals_per_step: int = 1, afs: bool = False) -> RunFn:
+    """``method`` within the budget; with ``afs`` (the analytical first step) one step more."""
+
     def run(problem: Problem, x_init: Tensor, budget: float, grid: str | Tensor, seed: int) -> tuple[Tensor, int]:
-        steps = steps_within(budget, evals_per_step)
+        steps = steps_within(budget, evals_per_step) + afs
         times = grid if isinstance(grid, Tensor) else make_grid(problem.sde, steps, grid, T_END)
-        res = sample_ode(problem.score_fn, problem.sde, x_init=x_init, method=method, timesteps=times, denoise=True)
+        res = sample_ode(
+            problem.score_fn, problem.sde, x_init=x_init, method=method, timesteps=times, denoise=True, afs=afs
+        )
         return res.x, res.nfe
 
     return run
@@ -202,6 +208,7 @@ def all_samplers(with_k_diffusion: bool, with_diffusers: bool = False) -> list[S
     """Ours, and the peers' that are installed and asked for."""
     multistep = ("ddim", "dpmpp_2m", "dpmpp_3m", "unipc_2", "unipc_3", "ipndm", "deis_3")
     ours = [Sampler(f"scoresde:{m}", "scoresde", _ours_ode(m)) for m in multistep]
+    ours += [Sampler(f"scoresde:{m}_afs", "scoresde", _ours_ode(m, afs=True)) for m in AFS]
     ours += [
         Sampler(f"scoresde:{m}+{'tuned' if search == 'nelder_mead' else search}", "scoresde", _ours_ode(m),
                 tuned_method=m, tuned_search=search)

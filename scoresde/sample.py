@@ -60,6 +60,7 @@ from scoresde.solvers import (
     require_linear_sde,
     require_sde,
 )
+from scoresde.solvers.afs import AnalyticFirstStep
 from scoresde.solvers.correctors import Corrector
 from scoresde.solvers.flow import check_flow_args, refuse_tolerances, solve_flow
 from scoresde.solvers.methods import is_corrector, is_ode_solver, is_predictor, is_sde_solver, lookup
@@ -200,6 +201,18 @@ def _check_denoise(sde: SDE, denoise: bool) -> None:
         raise TypeError(f"denoise must be True or False, got {denoise!r}")
     if denoise:
         require_linear_sde(sde, "denoise=True (Tweedie's formula)")
+
+
+def _check_afs(afs: bool, sde: SDE, torchdiffeq: bool, method: str) -> None:
+    if not isinstance(afs, bool):
+        raise TypeError(f"afs must be True or False, got {afs!r}")
+    if afs and torchdiffeq:
+        raise ValueError(
+            f"afs=True replaces the first evaluation of this library's fixed-step solvers; torchdiffeq's "
+            f"method={method!r} owns its evaluations: use 'ipndm', 'unipc_3', 'dpmpp_2m', ..."
+        )
+    if afs:
+        require_linear_sde(sde, "afs=True (the Gaussian score of the analytical first step)")
 
 
 def _finish(
@@ -448,6 +461,7 @@ def sample_ode(
     dtype: torch.dtype | None = None,
     progress: bool = False,
     step_hook: StepHook | None = None,
+    afs: bool = False,
 ) -> SampleResult:
     r"""Integrate the probability-flow ODE :math:`dx/dt = f - \frac12 g^2 s` from ``t_start``
     down to ``t_end`` (deterministic given ``x_init``).
@@ -468,6 +482,10 @@ def sample_ode(
             reference VP coordinates of :mod:`scoresde.solvers.flow` for a linear SDE), keyword
             options of this library's solvers (UniPC's ``{"variant": "bh2"}``); a solver that takes
             none refuses them.
+        afs: the analytical first step (:mod:`scoresde.solvers.afs`): the first score evaluation
+            of a fixed-step method, at ``t_start``, replaced by the score of the marginal of
+            :math:`\mathcal N(0, I)` data, which saves one NFE (a :class:`~scoresde.LinearSDE` only;
+            accurate when ``t_start`` is near ``T``, where the marginal is nearly the prior).
 
     :func:`~scoresde.encode` integrates the same ODE forward, from data to latent.
     """
@@ -475,13 +493,14 @@ def sample_ode(
     score = CountingScore(score_fn)
     solver = lookup(method, "sample_ode", is_ode_solver)
     _check_denoise(sde, denoise)
+    _check_afs(afs, sde, solver.runner == "torchdiffeq", method)
     if solver.runner == "torchdiffeq":
         steps = num_steps if timesteps is None or solver.adaptive else len(timesteps) - 1
         solver, rtol, atol = check_flow_args(method, rtol, atol, options, steps, "sample_ode")
         stepper = None
     else:
         refuse_tolerances(method, rtol, atol)
-        stepper = _build_stepper(solver.target, sde, score, options, method)
+        stepper = _build_stepper(solver.target, sde, AnalyticFirstStep(sde, score) if afs else score, options, method)
     if solver.adaptive:
         times = _grid(sde, timesteps, 1 if timesteps is None else None, "uniform", t_end)
         times = times if timesteps is not None else times[[0, -1]]

@@ -84,12 +84,15 @@ def test_scoresde_bench_runs_the_checkout_harness_end_to_end(tmp_path):
     assert bench.checkout_root() == BENCHMARKS.parent
     assert bench.main(["--only", "sampling", *out]) == 0
     rows = json.loads((tmp_path / "sampling.json").read_text())["rows"]
-    assert {r["sampler"] for r in rows} >= {"scoresde:unipc_3", "scoresde:dpmpp_3m", "scoresde:unipc_3+tuned"}
+    assert {r["sampler"] for r in rows} >= {"scoresde:unipc_3", "scoresde:dpmpp_3m", "scoresde:unipc_3+tuned",
+                                            "scoresde:ipndm_afs"}  # fmt: skip
     searched = [r for r in rows if r["sampler"].endswith(("+tuned", "+dp"))]
     # each says whether the searched grid won on the held-back pilot noise or what it fell back to, and its cost
     assert searched and all(r["grid"].startswith(("nelder_mead(", "dp(", "fallback:")) and r["level"] <= 20
                             and r["grid_search_nfe"] > 0 for r in searched)  # fmt: skip
-    assert all(r["nfe"] <= r["level"] for r in rows if r["sampler"].startswith("scoresde:unipc"))
+    assert all(r["nfe"] <= r["level"] for r in rows if r["sampler"].startswith(("scoresde:unipc", "scoresde:ipndm")))
+    afs = {r["level"]: r["nfe"] for r in rows if r["sampler"] == "scoresde:ipndm_afs"}
+    assert afs == {r["level"]: r["nfe"] for r in rows if r["sampler"] == "scoresde:ipndm"}  # one step more, same NFE
     assert all(("rmse" in r) == r["deterministic"] for r in rows)
     assert (tmp_path / "results.md").exists() and (tmp_path / "sampling.png").exists()
     # a part run alone leaves the other part's JSON alone and keeps its tables in results.md

@@ -10,6 +10,7 @@ from scoresde.solvers._common import (
     require_linear_sde,
     require_sde,
 )
+from scoresde.solvers.afs import AnalyticFirstStep, gaussian_score
 from scoresde.solvers.correctors import AnnealedLangevin, Corrector, LangevinCorrector
 from scoresde.solvers.deis import DEIS3, IPNDM
 from scoresde.solvers.exponential import exponential_moments, exponential_weights
@@ -59,6 +60,8 @@ __all__ = [
     "UNIPC_VARIANTS",
     "IPNDM",
     "DEIS3",
+    "AnalyticFirstStep",
+    "gaussian_score",
     "exponential_moments",
     "exponential_weights",
     "METHODS",
