@@ -240,23 +240,25 @@ def markdown(results: dict) -> str:
 
 def plot(results: dict, path: Path) -> None:
     """The ablation rows as points with standard-error bars, and the 1.6 target."""
+    import textwrap
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from scoresde.plot import save_figure
+
     rows = results["ablation"]
-    fig, ax = plt.subplots(figsize=(7, 3.6))
+    fig, ax = plt.subplots(figsize=(8, 4))
     ax.errorbar(range(len(rows)), [r["bpd"] for r in rows], yerr=[r["std_error"] for r in rows], fmt="o", capsize=3)
     ax.axhline(1.6, color="tab:red", linestyle="--", label="target 1.6")
-    ax.set_xticks(range(len(rows)), [r["row"].split("(")[0].strip()[:28] for r in rows], rotation=25, ha="right",
-                  fontsize=7)  # fmt: skip
+    ax.set_xticks(range(len(rows)), [textwrap.fill(r["row"].split("(")[0].strip(), 18) for r in rows], fontsize=7)
     ax.set_ylabel("test bits/dim")
     ax.set_title("digits: ODE bits/dim as ingredients are added")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def main() -> None:

@@ -8,6 +8,13 @@ Two one-parameter families span the usual choices:
   ``rho = 7`` their recommendation), ``karras:inf`` being uniform in log-SNR (DPM-Solver's, and
   k-diffusion's "exponential" grid).
 
+Each also comes with a later end: ``power:2@0.03`` is ``power:2`` ending at ``t = 0.03``
+instead of at the benchmark's ``t_end = 1e-3``, where the sampler's final data estimate is made
+(our denoising step; k-diffusion's last step to sigma = 0, the same denoiser call). The reference
+stays the ODE to ``t_end = 1e-3``; at 5-10 NFE stopping earlier shortens the last, longest log-SNR
+step, which can matter more than the residual noise it leaves (on the 2-D VP mixture, iPNDM at 4
+steps, the best of five grids: RMSE 0.60 ending at 1e-3, 0.40 at 0.1).
+
 :func:`select_grid` runs a sampler on every candidate from *pilot* initial noise (not the
 evaluation noise) and keeps the grid with the smallest RMSE to the pilot reference: the
 step-size selection that minimises the error on a pilot run. The same procedure, with the same
@@ -26,13 +33,24 @@ from scoresde import LinearSDE
 
 POWERS = (1.0, 1.5, 2.0, 2.5, 3.0)
 RHOS = (1.0, 2.0, 3.0, 5.0, 7.0, 12.0, math.inf)
-CANDIDATES = tuple(f"power:{k:g}" for k in POWERS) + tuple(f"karras:{r:g}" for r in RHOS)
-QUICK_CANDIDATES = ("power:1", "power:1.5", "power:2", "power:2.5", "karras:3", "karras:7", "karras:inf")
+ENDS = (1e-2, 3e-2, 0.1)
+"""The later end times every family also comes with (``<name>@<end>``)."""
+
+
+def _with_ends(names: tuple[str, ...]) -> tuple[str, ...]:
+    return names + tuple(f"{name}@{end:g}" for end in ENDS for name in names)
+
+
+CANDIDATES = _with_ends(tuple(f"power:{k:g}" for k in POWERS) + tuple(f"karras:{r:g}" for r in RHOS))
+QUICK_CANDIDATES = _with_ends(("power:1", "power:1.5", "power:2", "power:2.5", "karras:3", "karras:7", "karras:inf"))
 RECOMMENDED = {"scoresde": "karras:inf", "k-diffusion": "karras:7"}
 
 
 def make_grid(sde: LinearSDE, num_steps: int, name: str, t_end: float) -> Tensor:
-    """The descending float64 grid ``(num_steps + 1,)`` from ``T`` to ``t_end`` named ``name``."""
+    """The descending float64 grid ``(num_steps + 1,)`` named ``name`` from ``T`` to ``t_end``, or to
+    the end the name gives (``power:2@0.03``)."""
+    name, _, end = name.partition("@")
+    t_end = float(end) if end else t_end
     family, value = name.split(":")
     param = float(value)
     u = torch.linspace(0, 1, num_steps + 1, dtype=torch.float64)

@@ -52,9 +52,10 @@ def _pilot_grid(
     if sampler.tuned_method is None:
         return best, best, {}
     steps = steps_within(level)
+    init = make_grid(pilot.sde, steps, best, T_END)  # the search keeps its end (the reference stays at T_END)
     found = search_time_grid(
         pilot.score_fn, pilot.sde, pilot.x_init, steps, method=sampler.tuned_method, search=sampler.tuned_search,
-        t_end=T_END, init=make_grid(pilot.sde, steps, best, T_END), reference=pilot.reference,
+        t_end=init[-1].item(), init=init, reference=pilot.reference,
     )  # fmt: skip
     label = f"{sampler.tuned_search}({best})" if found.chosen == sampler.tuned_search else f"fallback:{found.chosen}"
     return label, found.grid, {"grid_search_nfe": found.nfe, "grid_search_seconds": found.seconds}
