@@ -26,10 +26,12 @@ from scoresde.guidance import ClassifierFreeGuidance, ClassifierGuidance, NoisyC
 from scoresde.likelihood import (
     DecodeResult,
     EncodeResult,
+    LikelihoodGrid,
     LikelihoodResult,
     decode,
     divergence,
     encode,
+    likelihood_grid,
     log_likelihood,
 )
 from scoresde.losses import dsm_loss
@@ -107,7 +109,9 @@ __all__ = [
     "load_checkpoint",
     "CheckpointError",
     "log_likelihood",
+    "likelihood_grid",
     "LikelihoodResult",
+    "LikelihoodGrid",
     "divergence",
     "bits_per_dim",
     "dequantize",

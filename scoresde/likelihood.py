@@ -26,6 +26,7 @@ per sample and a sample's result depends on its batch-mates only within that tol
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -37,18 +38,29 @@ from torch import Tensor, nn
 from scoresde._tensor import check_finite, check_generator
 from scoresde.noise import BatchNoise, Noise, SampleNoise, noise_source
 from scoresde.sde.base import SDE, ScoreFn
-from scoresde.solvers.flow import Divergence, FlowSolution, check_flow_args, solve_flow
+from scoresde.solvers._common import NonFiniteError
+from scoresde.solvers.flow import (
+    Divergence,
+    FlowSolution,
+    check_flow_args,
+    flow_clock,
+    solve_flow,
+    solve_flow_on_grid,
+)
 from scoresde.solvers.methods import Method
+from scoresde.solvers.odeint import check_tolerances
 from scoresde.timesteps import default_grid_kind, time_grid
 
 __all__ = [
     "EXACT_DIVERGENCE_MAX_DIM",
     "DecodeResult",
     "EncodeResult",
+    "LikelihoodGrid",
     "LikelihoodResult",
     "decode",
     "divergence",
     "encode",
+    "likelihood_grid",
     "log_likelihood",
 ]
 
@@ -71,7 +83,10 @@ class LikelihoodResult:
         prior_log_prob: :math:`\log p_T(z)` under the prior.
         delta_log_prob: :math:`\int_{t_{end}}^T \nabla\cdot v\,dt`.
         z: the end point :math:`x_T`, shaped like ``x``.
-        nfe: number of ``score_fn`` evaluations in the forward solve.
+        nfe: number of ``score_fn`` evaluations in the forward solve (on a
+            :class:`LikelihoodGrid`, a refined sub-batch's evaluations count one each).
+        sample_nfe: on a :class:`LikelihoodGrid`, ``(batch,)`` the evaluations each sample took
+            part in (its grid's, plus its refinements); ``None`` otherwise, where it is ``nfe``.
     """
 
     log_prob: Tensor
@@ -79,6 +94,30 @@ class LikelihoodResult:
     delta_log_prob: Tensor
     z: Tensor
     nfe: int
+    sample_nfe: Tensor | None = None
+
+
+@dataclass(frozen=True)
+class LikelihoodGrid:
+    r"""A step grid for :func:`log_likelihood` designed on a pilot batch by :func:`likelihood_grid`.
+
+    Attributes:
+        timesteps: ``(steps + 1,)`` float64 SDE times from ``t_end`` up to ``T``.
+        rtol, atol: the tolerances it was designed for, and that its solves hold per sample.
+        nfe: score evaluations the design spent (on the pilot batch).
+        step_ratios: the pilot's worst error ratio on each step of this grid (the design aims
+            at ``target`` on every step).
+    """
+
+    timesteps: Tensor
+    rtol: float
+    atol: float
+    nfe: int
+    step_ratios: Tensor
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.timesteps) - 1
 
 
 @dataclass(frozen=True)
@@ -243,7 +282,7 @@ def log_likelihood(
     divergence: str = "auto",
     probe: str = "rademacher",
     num_probes: int = 1,
-    method: str = "dopri5",
+    method: str | None = None,
     rtol: float | None = None,
     atol: float | None = None,
     num_steps: int | None = None,
@@ -257,6 +296,7 @@ def log_likelihood(
     adjoint: bool = False,
     adjoint_params: Sequence[Tensor] | None = None,
     t_min: float | None = None,
+    grid: LikelihoodGrid | None = None,
 ) -> LikelihoodResult:
     r"""Log-density of ``x`` under the probability-flow ODE of ``sde`` and ``score_fn``:
 
@@ -275,7 +315,7 @@ def log_likelihood(
         seed, sample_indices: per-sample probes instead (:class:`~scoresde.noise.SampleNoise`):
             sample ``sample_indices[b]``'s probes depend on ``(seed, index)`` only. The adaptive
             path still depends on the batch-mates within the tolerance (one step size per batch).
-        method, rtol, atol, num_steps, options: the integrator, as in
+        method, rtol, atol, num_steps, options: the integrator (default ``"dopri5"``), as in
             :func:`~scoresde.sample_ode`'s torchdiffeq methods (:func:`scoresde.solvers.flow.solve_flow`).
             ``"tsit5"`` (Tsitouras' pair, :mod:`scoresde.solvers.tsit5`) reaches a given accuracy in
             fewer evaluations than the default ``"dopri5"``, but its error estimate is more cautious:
@@ -293,14 +333,24 @@ def log_likelihood(
         adjoint: differentiate with torchdiffeq's adjoint method (memory constant in the number
             of steps; implies ``grad``). Parameters are found on ``score_fn`` if it is an
             ``nn.Module``, else pass ``adjoint_params``.
+        grid: a :class:`LikelihoodGrid` from :func:`likelihood_grid`: one step of Tsitouras' pair
+            per interval of its grid, each sample's error estimate held to the grid's tolerances
+            by halving that sample's steps where it misses them
+            (:mod:`scoresde.solvers.embedded`), so a sample's result does not depend on its
+            batch-mates. It sets the steps, tolerances and ``t_end`` (refuses ``rtol``, ``atol``,
+            ``num_steps``, ``options``, ``grad``, ``adjoint`` and another ``t_end``).
 
     Returns:
         :class:`LikelihoodResult` with ``(batch,)`` tensors in ``x``'s dtype. ``nfe`` counts
         the forward solve only (the adjoint's backward pass evaluates the score again).
     """
-    times, solver, rtol, atol = _flow_setup(
-        "log_likelihood", score_fn, sde, method, rtol, atol, options, num_steps, t_end, t_min, forward=True
-    )
+    if grid is None:
+        times, solver, rtol, atol = _flow_setup(
+            "log_likelihood", score_fn, sde, method or "dopri5", rtol, atol, options, num_steps, t_end, t_min,
+            forward=True,
+        )  # fmt: skip
+    else:
+        times = _check_grid(grid, score_fn, sde, method, rtol, atol, options, num_steps, t_end, t_min, grad, adjoint)
     _check_state(x, "x")
     _check_divergence_args(divergence, probe, num_probes, allow_auto=True)
     check_generator(generator)
@@ -313,19 +363,59 @@ def log_likelihood(
         divergence = "exact" if x[0].numel() <= EXACT_DIVERGENCE_MAX_DIM else "hutchinson"
     noise = noise_source(generator, seed, sample_indices)
     probes = _draw_probes(probe, num_probes, x, noise) if divergence == "hutchinson" else None
+    sample_nfe = None
     with torch.set_grad_enabled(grad or adjoint):
-        flow = solve_flow(
-            score_fn, sde, x, times, method=solver, rtol=rtol, atol=atol, options=options,
-            divergence=_divergence_fn(divergence, probes), build_graph=grad, adjoint=adjoint,
-            adjoint_params=adjoint_params,
-        )  # fmt: skip
+        if grid is None:
+            flow = solve_flow(
+                score_fn, sde, x, times, method=solver, rtol=rtol, atol=atol, options=options,
+                divergence=_divergence_fn(divergence, probes), build_graph=grad, adjoint=adjoint,
+                adjoint_params=adjoint_params,
+            )  # fmt: skip
+        else:
+            flow, solved = solve_flow_on_grid(
+                score_fn, sde, x, times, rtol=grid.rtol, atol=grid.atol, divergence=_divergence_fn(divergence, probes)
+            )
+            sample_nfe = solved.sample_evaluations
         z, delta = flow.x[-1], flow.delta_log_prob
         check_finite(delta.detach(), "the log-density change")
         prior = (sde.prior_log_prob if prior_log_prob_fn is None else prior_log_prob_fn)(z)
         if prior.shape != delta.shape:
             raise ValueError(f"prior_log_prob_fn returned shape {tuple(prior.shape)}, expected {tuple(delta.shape)}")
         prior = prior.to(x.dtype)
-    return LikelihoodResult(log_prob=prior + delta, prior_log_prob=prior, delta_log_prob=delta, z=z, nfe=flow.nfe)
+    return LikelihoodResult(
+        log_prob=prior + delta, prior_log_prob=prior, delta_log_prob=delta, z=z, nfe=flow.nfe, sample_nfe=sample_nfe
+    )
+
+
+def _check_grid(
+    grid: Any, score_fn: Any, sde: Any, method: str | None, rtol: float | None, atol: float | None,
+    options: dict[str, Any] | None, num_steps: int | None, t_end: float | None, t_min: float | None, grad: bool,
+    adjoint: bool,
+) -> Tensor:
+    """Validate ``log_likelihood(grid=...)`` against the arguments the grid replaces; its times."""
+    if not isinstance(grid, LikelihoodGrid):
+        raise TypeError(f"grid must be a LikelihoodGrid (from likelihood_grid), got {type(grid).__name__}")
+    if not isinstance(sde, SDE):
+        raise TypeError(f"sde must be an scoresde.SDE, got {type(sde).__name__}")
+    if not callable(score_fn):
+        raise TypeError(f"score_fn must be callable (x, t) -> score, got {type(score_fn).__name__}")
+    given = {"rtol": rtol, "atol": atol, "options": options, "num_steps": num_steps}
+    clashing = [f"{k}={v!r}" for k, v in given.items() if v is not None]
+    clashing += [f"{k}=True" for k, v in (("grad", grad), ("adjoint", adjoint)) if v]
+    if method not in (None, "tsit5"):
+        clashing.append(f"method={method!r}")
+    if clashing:
+        raise ValueError(
+            f"grid= sets the steps and the tolerances (rtol={grid.rtol}, atol={grid.atol}) and solves "
+            f"without the autograd graph: drop {', '.join(clashing)}"
+        )
+    times = grid.timesteps
+    start = t_end if t_end is not None else t_min
+    if start is not None and start != times[0].item():
+        raise ValueError(f"the grid starts at t_end={times[0].item():.6g}, got t_end={start!r}")
+    if abs(times[-1].item() - sde.T) > 1e-12 * max(1.0, sde.T):
+        raise ValueError(f"the grid ends at {times[-1].item():.6g}, not at this SDE's T={sde.T}: design one for it")
+    return times
 
 
 def _transport(
@@ -390,3 +480,104 @@ def decode(
         t_end=t_end, t_min=t_min, grad=grad,
     )  # fmt: skip
     return DecodeResult(x=flow.x[-1], nfe=flow.nfe)
+
+
+def likelihood_grid(
+    score_fn: ScoreFn,
+    sde: SDE,
+    x: Tensor,
+    *,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    target: float = 0.3,
+    num_steps: int = 8,
+    iterations: int = 4,
+    t_end: float | None = None,
+    divergence: str = "auto",
+    probe: str = "rademacher",
+    num_probes: int = 1,
+    generator: torch.Generator | None = None,
+) -> LikelihoodGrid:
+    r"""A step grid for ``log_likelihood(..., grid=...)``, designed on the pilot batch ``x`` so
+    that every step's worst local error estimate is about ``target`` times the tolerance.
+
+    Equidistribution, in the clock of :func:`~scoresde.solvers.flow.solve_flow`: the pilot is solved
+    on the current grid, one step of Tsitouras' pair per interval, and each interval's worst error
+    ratio :math:`r_i` read off. A local error of order :math:`h^5` means the interval wants
+    :math:`n_i = (r_i/\text{target})^{1/5}` steps of its own length; the next grid has
+    :math:`\lceil\sum_i n_i\rceil` steps spaced by that density (piecewise constant). It starts from
+    ``num_steps`` equal clock steps; ``iterations`` solves of the pilot in all, the last on the
+    grid returned (``nfe`` in the result; about ``iterations * 6 * steps``).
+
+    A dataset is then evaluated batch by batch on the one grid: no step-size search, no rejected
+    steps for the whole batch, and a sample harder than the pilot's worst has only its own steps
+    halved. The pilot should be data like the batches (a few hundred points, not those evaluated).
+
+    Args:
+        score_fn, sde, t_end, divergence, probe, num_probes, generator: as in :func:`log_likelihood`.
+        x: the pilot batch ``(n, *event)``.
+        rtol, atol: the tolerances every later solve holds per sample.
+        target: the error ratio each step is designed to, in ``(0, 1)``: lower means more steps
+            and fewer refinements.
+        num_steps, iterations: the first grid's steps, and the pilot solves of the design.
+
+    Returns:
+        a :class:`LikelihoodGrid`.
+    """
+    if not isinstance(sde, SDE):
+        raise TypeError(f"sde must be an scoresde.SDE, got {type(sde).__name__}")
+    if not callable(score_fn):
+        raise TypeError(f"score_fn must be callable (x, t) -> score, got {type(score_fn).__name__}")
+    check_tolerances(rtol, atol)
+    if not isinstance(target, (int, float)) or isinstance(target, bool) or not 0 < target < 1:
+        raise ValueError(f"target must be a number in (0, 1), got {target!r}")
+    for name, value in (("num_steps", num_steps), ("iterations", iterations)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    t_end = sde.t_min if t_end is None else t_end
+    if not isinstance(t_end, (int, float)) or isinstance(t_end, bool) or not 0 <= t_end < sde.T:
+        raise ValueError(f"t_end must be a number in [0, T={sde.T}), got {t_end!r}")
+    _check_state(x, "x")
+    _check_divergence_args(divergence, probe, num_probes, allow_auto=True)
+    check_generator(generator)
+    if divergence == "auto":
+        divergence = "exact" if x[0].numel() <= EXACT_DIVERGENCE_MAX_DIM else "hutchinson"
+    probes = _draw_probes(probe, num_probes, x, BatchNoise(generator)) if divergence == "hutchinson" else None
+    ends = torch.tensor([float(t_end), sde.T], dtype=torch.float64)
+    clock_ends, time_of_clock = flow_clock(sde, ends)
+    clock = torch.linspace(clock_ends[0].item(), clock_ends[1].item(), num_steps + 1, dtype=torch.float64)
+    nfe, ratios = 0, None
+    for _ in range(iterations):
+        if ratios is not None:
+            clock = _equidistributed(clock.cpu(), ratios, target).to(clock.device)
+        times = _times_of(clock, time_of_clock, ends)
+        with torch.no_grad():
+            flow, solved = solve_flow_on_grid(
+                score_fn, sde, x, times, rtol=rtol, atol=atol, divergence=_divergence_fn(divergence, probes),
+                refine=False,
+            )  # fmt: skip
+        nfe += flow.nfe
+        ratios = solved.step_ratios.to(torch.float64).cpu()
+        if not torch.isfinite(ratios).all():
+            raise NonFiniteError(f"the pilot solve was not finite on the grid {times.tolist()}")
+    return LikelihoodGrid(times, rtol, atol, nfe, ratios)
+
+
+def _times_of(clock: Tensor, time_of_clock: Callable[[Tensor], Tensor], ends: Tensor) -> Tensor:
+    """SDE times at the ``clock`` nodes, the two ends exactly ``ends``."""
+    times = time_of_clock(clock)
+    times[0], times[-1] = ends[0], ends[-1]
+    return times
+
+
+def _equidistributed(clock: Tensor, ratios: Tensor, target: float) -> Tensor:
+    """The clock grid with :math:`\\lceil\\sum_i n_i\\rceil` steps, :math:`n_i = (r_i/target)^{1/5}`
+    spread evenly over interval ``i`` of ``clock``."""
+    wanted = torch.cat([clock.new_zeros(1), (ratios.clamp_min(1e-12) / target).pow(0.2).cumsum(0)])
+    steps = max(1, math.ceil(wanted[-1].item()))
+    levels = torch.linspace(0.0, wanted[-1].item(), steps + 1, dtype=torch.float64)
+    i = torch.searchsorted(wanted, levels).clamp(1, len(ratios))
+    frac = (levels - wanted[i - 1]) / (wanted[i] - wanted[i - 1])
+    out = clock[i - 1] + frac * (clock[i] - clock[i - 1])
+    out[0], out[-1] = clock[0], clock[-1]
+    return out

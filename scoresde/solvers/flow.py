@@ -43,6 +43,7 @@ from scoresde._tensor import append_dims, as_time
 from scoresde.sde.base import SDE, LinearSDE
 from scoresde.sde.vp import LinearBeta
 from scoresde.solvers._common import CountingScore
+from scoresde.solvers.embedded import GridSolution, solve_on_grid
 from scoresde.solvers.methods import Method, is_flow_solver, lookup, names
 from scoresde.solvers.odeint import check_tolerances, odeint
 
@@ -91,6 +92,10 @@ class FlowCoordinates:
         """Clock values at SDE times ``t`` (float64, any shape)."""
         return t
 
+    def time(self, u: Tensor) -> Tensor:
+        """SDE times at clock values ``u`` (float64, any shape): the inverse of :meth:`clock`."""
+        return u
+
     def scale(self, t: Tensor) -> Tensor:
         """:math:`s_t` with :math:`x = s_t w`, at SDE times ``t`` (float64, any shape)."""
         return torch.ones_like(t)
@@ -124,6 +129,9 @@ class ReferenceVPCoordinates(FlowCoordinates):
 
     def clock(self, t: Tensor) -> Tensor:
         return clock_of_log_snr(self.sde.log_snr(t))
+
+    def time(self, u: Tensor) -> Tensor:
+        return self.sde.inverse_log_snr(log_snr_of_clock(u))
 
     def scale(self, t: Tensor) -> Tensor:
         return (self.sde.alpha(t).square() + self.sde.sigma(t).square()).sqrt()
@@ -268,6 +276,43 @@ def solve_flow(
     ws, deltas = odeint(
         func, (w0, x.new_zeros(x.shape[0])), clock, adjoint=adjoint, adjoint_params=adjoint_params, **kwargs
     )
+    return _solution(coords, x, times, ws, deltas, score.calls)
+
+
+def _solution(coords: FlowCoordinates, x: Tensor, times: Tensor, ws: Tensor, deltas: Tensor, nfe: int) -> FlowSolution:
     # d delta/du integrates div_w forward in the clock; from log p_w back to log p_x
     delta = deltas[-1] + coords.log_det(times[0], times[-1], x[0].numel()).to(x.dtype)
-    return FlowSolution(x=coords.from_state(ws, times), delta_log_prob=delta, nfe=score.calls)
+    return FlowSolution(x=coords.from_state(ws, times), delta_log_prob=delta, nfe=nfe)
+
+
+def flow_clock(sde: SDE, times: Tensor) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+    """The clock values of :func:`solve_flow`'s coordinates at the SDE ``times`` (float64), and
+    the map back from clock values to SDE times."""
+    coords = flow_coordinates(sde, CountingScore(lambda x, t: x), times)
+    return coords.clock(times), coords.time
+
+
+def solve_flow_on_grid(
+    score_fn: Callable[[Tensor, Tensor], Tensor],
+    sde: SDE,
+    x: Tensor,
+    times: Tensor,
+    *,
+    rtol: float,
+    atol: float,
+    divergence: Divergence,
+    refine: bool = True,
+) -> tuple[FlowSolution, GridSolution]:
+    """:func:`solve_flow` with a divergence, one step of Tsitouras' pair per interval of the
+    float64 SDE ``times`` in the same coordinates, refined per sample where its error estimate
+    misses ``rtol``/``atol`` unless ``refine`` is off (:func:`scoresde.solvers.embedded.solve_on_grid`,
+    whose statistics come back beside the solution). Without the autograd graph."""
+    score = CountingScore(score_fn)
+    coords = flow_coordinates(sde, score, times)
+    func = _WithDivergence(coords.field, divergence, build_graph=False)
+    grid = solve_on_grid(
+        func, (coords.to_state(x, times[0]), x.new_zeros(x.shape[0])), coords.clock(times), rtol=rtol, atol=atol,
+        refine=refine, what=coords.what,
+    )  # fmt: skip
+    ws, deltas = grid.states
+    return _solution(coords, x, times, ws, deltas, score.calls), grid
