@@ -6,7 +6,11 @@ points (``x`` drawn from the data, float64):
 * ``scoresde``: :func:`~scoresde.log_likelihood` (the per-sample error norm, the reference VP
   coordinates) with dopri5 (the default) and with Tsitouras' 5(4) pair (``method="tsit5"``,
   our tableau in torchdiffeq's solver); the exact divergence (one batched VJP over the
-  dimensions) or Hutchinson's (one VJP);
+  dimensions) or Hutchinson's (one VJP); and ``tsit5_grid``: on a grid from
+  :func:`~scoresde.likelihood_grid` designed at the same tolerance on as many pilot points
+  (another draw of the data), each sample's steps halved where its error estimate misses the
+  tolerance. Its ``nfe`` counts every call, a refined sub-batch's included; ``sample_nfe_mean``
+  the evaluations per sample; ``design_nfe`` the design's cost on the pilot, spent once per grid;
 * ``k-diffusion``: ``sampling.log_likelihood`` (dopri5 in sigma, one Rademacher probe) through
   :class:`~benchmarks.peers.KarrasDenoiser`, converted to ``x_t`` by the Jacobian
   :math:`-D\\log\\alpha_{t_{min}}`;
@@ -39,8 +43,8 @@ from benchmarks.peers import (
     load_flow_matching_solver,
     load_k_diffusion_sampling,
 )
+from scoresde import LikelihoodGrid, LikelihoodResult, likelihood_grid, log_likelihood
 from scoresde import divergence as sd_divergence
-from scoresde import log_likelihood
 from scoresde.benchmark import Problem, compare_likelihoods
 from scoresde.solvers import CountingScore
 
@@ -69,6 +73,31 @@ def _ours(method: str, divergence: str) -> LlFn:
             generator=_probe_generator(),
         )  # fmt: skip
         return res.log_prob, res.nfe
+
+    return run
+
+
+PILOT_COPY = 99
+"""The data copy the designed grids' pilots come from (the evaluated point sets are copies 2, 3, ...)."""
+DESIGNS: dict[tuple[str, float, str], LikelihoodGrid] = {}
+"""Grids designed so far, by problem, tolerance and divergence: each is designed once, outside the
+runs that are timed after the first (their median time is the solve's)."""
+
+
+def _ours_on_grid(divergence: str) -> LlFn:
+    """``log_likelihood(grid=...)`` on a grid from :func:`~scoresde.likelihood_grid` on pilot data
+    disjoint from the evaluated points (as many), designed at the run's tolerance."""
+
+    def run(problem: Problem, x: Tensor, tol: float) -> LikelihoodResult:
+        key = (problem.name, tol, divergence)
+        if key not in DESIGNS:
+            DESIGNS[key] = likelihood_grid(
+                problem.score_fn, problem.sde, problem.data(PILOT_COPY), rtol=tol, atol=tol, divergence=divergence,
+                generator=_probe_generator(),
+            )  # fmt: skip
+        return log_likelihood(
+            problem.score_fn, problem.sde, x, grid=DESIGNS[key], divergence=divergence, generator=_probe_generator()
+        )
 
     return run
 
@@ -135,6 +164,8 @@ def all_methods(with_peers: bool) -> list[LikelihoodMethod]:
     methods = [
         *(LikelihoodMethod(f"scoresde:{method}/{divergence}", "scoresde", _ours(method, divergence))
           for method in ("dopri5", "tsit5") for divergence in ("exact", "hutchinson")),
+        *(LikelihoodMethod(f"scoresde:tsit5_grid/{divergence}", "scoresde", _ours_on_grid(divergence))
+          for divergence in ("exact", "hutchinson")),
         LikelihoodMethod("scipy:RK45/exact", "scipy", _scipy_rk45("exact")),
         LikelihoodMethod("scipy:RK45/hutchinson", "scipy", _scipy_rk45("hutchinson")),
     ]
@@ -169,5 +200,8 @@ def run_likelihood(
     for row in rows:
         mixture, sde = row["problem"].split("-")
         tol = row.pop("level")
+        design = DESIGNS.get((row["problem"], tol, row["method"].rpartition("/")[2]))
+        if "_grid/" in row["method"] and design is not None:  # the grid's design, on its pilot
+            row |= {"design_nfe": design.nfe, "grid_steps": design.num_steps}
         out.append(row | {"mixture": mixture, "sde": sde, "library": library[row["method"]], "tol": tol})
     return out

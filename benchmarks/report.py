@@ -14,7 +14,9 @@ TARGET_BUDGETS = (5, 10, 20)
 PEERS = ("k-diffusion", "diffusers")
 LIKELIHOOD_TARGET = 1e-3
 LIKELIHOOD_RATIOS = tuple(
-    f"{kind}_vs_{peer}" for kind in ("nfe_ratio", "fitted_nfe_ratio", "time_ratio") for peer in ("k_diffusion", "scipy")
+    f"{kind}_vs_{peer}"
+    for kind in ("nfe_ratio", "fitted_nfe_ratio", "sample_nfe_ratio", "time_ratio")
+    for peer in ("k_diffusion", "scipy")
 )
 
 
@@ -60,6 +62,7 @@ def likelihood_targets(rows: list[dict]) -> list[dict]:
     """:func:`likelihood_targets_of` for each of our methods (``scoresde:<solver>/<divergence>``),
     against scipy with the same divergence (k-diffusion has one probe only)."""
     methods = dict.fromkeys(r["method"] for r in rows if r["method"].startswith("scoresde:"))
+    rows = [{"sample_nfe_mean": r["nfe"]} | r for r in rows]  # rows of older runs: every sample took nfe
     return [
         r for divergence in ("exact", "hutchinson") for ours in methods if ours.endswith(f"/{divergence}")
         for r in likelihood_targets_of(rows, ours, f"scipy:RK45/{divergence}")
@@ -70,7 +73,9 @@ def likelihood_targets_of(rows: list[dict], ours: str, scipy: str) -> list[dict]
     """Per problem and point set: fewest NFE (and the wall time of that run) at which each
     method's max error is within 1e-3 nats/dim of its converged value; ratios of ``ours`` to
     k-diffusion and to the ``scipy`` method, also of the NFE read off a log-log fit
-    (:func:`~scoresde.benchmark.fitted_nfe_within`, which does not jump with the tolerance grid)."""
+    (:func:`~scoresde.benchmark.fitted_nfe_within`, which does not jump with the tolerance grid)
+    and of our fewest evaluations per sample (``sample_nfe``: the NFE, except on a designed grid,
+    whose refined samples take evaluations the others do not)."""
     out = []
     for problem, point_set in dict.fromkeys((r["problem"], r.get("point_set", 0)) for r in rows):
         runs = [r for r in rows if r["problem"] == problem and r.get("point_set", 0) == point_set]
@@ -79,13 +84,16 @@ def likelihood_targets_of(rows: list[dict], ours: str, scipy: str) -> list[dict]
         first = {m: row for m, group in by_method.items() if (row := fewest_nfe_within(group, LIKELIHOOD_TARGET))}
         if ours not in first:
             continue
+        per_sample = fewest_nfe_within(by_method[ours], LIKELIHOOD_TARGET, cost="sample_nfe_mean")
         row = {"problem": problem, "point_set": point_set, "scoresde_method": ours,
-               "scoresde_nfe": first[ours]["nfe"], "scoresde_seconds": first[ours]["seconds"]}  # fmt: skip
+               "scoresde_nfe": first[ours]["nfe"], "scoresde_sample_nfe": per_sample["sample_nfe_mean"],
+               "scoresde_seconds": first[ours]["seconds"]}  # fmt: skip
         for key, peer in (("k_diffusion", "k-diffusion:log_likelihood"), ("scipy", scipy)):
             if peer in first:
                 row[f"{key}_nfe"] = first[peer]["nfe"]
                 row[f"{key}_seconds"] = first[peer]["seconds"]
                 row[f"nfe_ratio_vs_{key}"] = first[ours]["nfe"] / first[peer]["nfe"]
+                row[f"sample_nfe_ratio_vs_{key}"] = per_sample["sample_nfe_mean"] / first[peer]["nfe"]
                 row[f"time_ratio_vs_{key}"] = first[ours]["seconds"] / first[peer]["seconds"]
                 row[f"fitted_nfe_ratio_vs_{key}"] = fitted[ours] / fitted[peer]
         out.append(row)

@@ -117,20 +117,23 @@ def _sampling_sections(rows: list[dict]) -> list[str]:
 def _likelihood_sections(rows: list[dict]) -> list[str]:
     targets = report.likelihood_targets(rows)
     ratios = [c for r in ("nfe_ratio_vs_k_diffusion", "nfe_ratio_vs_scipy", "fitted_nfe_ratio_vs_k_diffusion",
-                          "fitted_nfe_ratio_vs_scipy", "time_ratio_vs_k_diffusion") for c in (r, f"{r}_range")]
+                          "fitted_nfe_ratio_vs_scipy", "sample_nfe_ratio_vs_k_diffusion", "time_ratio_vs_k_diffusion")
+              for c in (r, f"{r}_range")]
     return ["## Likelihood targets (max error <= 1e-3 nats/dim; ratios ours / peer, geometric mean over the "
             "point sets, and their range)",
             markdown_table(report.likelihood_summary(targets), ["problem", "scoresde_method", "point_sets",
                                                                        *ratios]),
             "## Likelihood targets per point set",
             markdown_table(targets, [
-                "problem", "point_set", "scoresde_method", "scoresde_nfe", "k_diffusion_nfe", "scipy_nfe",
-                "nfe_ratio_vs_k_diffusion", "nfe_ratio_vs_scipy", "fitted_nfe_ratio_vs_k_diffusion",
-                "fitted_nfe_ratio_vs_scipy", "scoresde_seconds", "k_diffusion_seconds", "time_ratio_vs_k_diffusion"]),
+                "problem", "point_set", "scoresde_method", "scoresde_nfe", "scoresde_sample_nfe", "k_diffusion_nfe",
+                "scipy_nfe", "nfe_ratio_vs_k_diffusion", "nfe_ratio_vs_scipy", "fitted_nfe_ratio_vs_k_diffusion",
+                "fitted_nfe_ratio_vs_scipy", "sample_nfe_ratio_vs_k_diffusion", "scoresde_seconds",
+                "k_diffusion_seconds", "time_ratio_vs_k_diffusion"]),
             "## Likelihood: all rows",
             markdown_table(rows, [
-                "problem", "point_set", "method", "tol", "nfe", "seconds", "max_err_per_dim", "mean_err_per_dim",
-                "mean_err_vs_truth_per_dim"])]  # fmt: skip
+                "problem", "point_set", "method", "tol", "nfe", "sample_nfe_mean", "sample_nfe_max", "seconds",
+                "max_err_per_dim", "mean_err_per_dim", "mean_err_vs_truth_per_dim", "design_nfe",
+                "grid_steps"])]  # fmt: skip
 
 
 def _overhead_sections(rows: list[dict]) -> list[str]:

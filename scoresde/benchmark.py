@@ -506,7 +506,9 @@ def compare_likelihoods(
 
     Returns:
         Rows ``{"problem", "dim", "points", "point_set", "method", "level", "nfe", "seconds",
-        "max_err_per_dim", "mean_err_per_dim", "mean_err_vs_truth_per_dim"}``
+        "sample_nfe_mean", "sample_nfe_max", "max_err_per_dim", "mean_err_per_dim",
+        "mean_err_vs_truth_per_dim"}``; the evaluations per sample are the result's
+        ``sample_nfe`` (:class:`~scoresde.LikelihoodResult` on a grid) or else ``nfe``
         (:func:`likelihood_errors`; the truth is the exact :math:`\log p_{t_{min}}(x)`).
     """
     _check_callables(methods, "methods")
@@ -533,9 +535,12 @@ def compare_likelihoods(
                 log_prob, nfe = _unpack(out, "log_prob", f"method {name!r}")
                 if log_prob.shape != (x.shape[0],):
                     raise ValueError(f"method {name!r} returned shape {tuple(log_prob.shape)}, expected ({len(x)},)")
+                per_sample = getattr(out, "sample_nfe", None)
+                per_sample = torch.full((1,), float(nfe)) if per_sample is None else per_sample.double()
                 rows.append({
                     "problem": problem.name, "dim": problem.dim, "points": x.shape[0], "point_set": point_set,
                     "method": name, "level": level, "nfe": nfe, "seconds": sec,
+                    "sample_nfe_mean": per_sample.mean().item(), "sample_nfe_max": per_sample.max().item(),
                     **likelihood_errors(log_prob, converged[name], truth, problem.dim),
                 })  # fmt: skip
     return rows
@@ -557,22 +562,27 @@ def best_within(rows: Sequence[dict], nfe: float, error: str = "rmse") -> dict |
     return min(pool, key=lambda r: r[error]) if pool else None
 
 
-def fewest_nfe_within(rows: Sequence[dict], target: float, error: str = "max_err_per_dim") -> dict | None:
-    """The row with the fewest NFE among ``rows`` whose ``error`` is at most ``target``
-    (``None`` if there is none): the cost of a given accuracy. The first such row wins a tie."""
+def fewest_nfe_within(
+    rows: Sequence[dict], target: float, error: str = "max_err_per_dim", cost: str = "nfe"
+) -> dict | None:
+    """The row with the fewest NFE (or other ``cost``, e.g. ``"sample_nfe_mean"``) among ``rows``
+    whose ``error`` is at most ``target`` (``None`` if there is none): the cost of a given
+    accuracy. The first such row wins a tie."""
     pool = [r for r in _finite_rows(rows, error) if r[error] <= target]
-    return min(pool, key=lambda r: r["nfe"]) if pool else None
+    return min(pool, key=lambda r: r[cost]) if pool else None
 
 
-def fitted_nfe_within(rows: Sequence[dict], target: float, error: str = "max_err_per_dim") -> float:
-    """The NFE at which a least-squares line through ``log error`` vs ``log nfe`` (the rows of
-    one method with error within a decade of ``target``) reaches ``target``; NaN with fewer
-    than 3 distinct NFE in that band or if the error does not fall with the NFE. Unlike
-    :func:`fewest_nfe_within` it does not jump with the step of the tolerance grid."""
+def fitted_nfe_within(
+    rows: Sequence[dict], target: float, error: str = "max_err_per_dim", cost: str = "nfe"
+) -> float:
+    """The NFE (or other ``cost``) at which a least-squares line through ``log error`` vs ``log
+    cost`` (the rows of one method with error within a decade of ``target``) reaches ``target``;
+    NaN with fewer than 3 distinct costs in that band or if the error does not fall with the cost.
+    Unlike :func:`fewest_nfe_within` it does not jump with the step of the tolerance grid."""
     band = [r for r in _finite_rows(rows, error) if target / 10 < r[error] < target * 10]
-    if len({r["nfe"] for r in band}) < 3:
+    if len({r[cost] for r in band}) < 3:
         return math.nan
-    x = [math.log(r["nfe"]) for r in band]
+    x = [math.log(r[cost]) for r in band]
     y = [math.log(r[error]) for r in band]
     mx, my = sum(x) / len(x), sum(y) / len(y)
     slope = sum((a - mx) * (b - my) for a, b in zip(x, y, strict=True)) / sum((a - mx) ** 2 for a in x)

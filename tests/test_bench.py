@@ -141,8 +141,14 @@ def test_likelihood_targets_pair_ours_with_scipy_of_the_same_divergence():
         row("scoresde:dopri5/hutchinson", 90, 9e-4), row("scipy:RK45/exact", 100, 1e-3),
         row("scipy:RK45/hutchinson", 120, 1e-4), row("k-diffusion:log_likelihood", 160, 1e-4),
     ]  # fmt: skip
-    exact, hutchinson = report.likelihood_targets(rows)
+    grid = [row("scoresde:tsit5_grid/exact", 70, 9e-4) | {"sample_nfe_mean": 40.0},
+            row("scoresde:tsit5_grid/exact", 50, 3e-3) | {"sample_nfe_mean": 30.0}]  # fmt: skip
+    exact, on_grid, hutchinson = report.likelihood_targets(rows + grid)
     assert (exact["scoresde_nfe"], exact["scipy_nfe"], exact["nfe_ratio_vs_scipy"]) == (80, 100, 0.8)
+    assert exact["sample_nfe_ratio_vs_scipy"] == 0.8  # without sample_nfe_mean every sample took nfe
+    # on a grid: its calls and, apart, the evaluations per sample of its cheapest accurate run
+    assert (on_grid["scoresde_nfe"], on_grid["scoresde_sample_nfe"], on_grid["sample_nfe_ratio_vs_k_diffusion"]) == (
+        70, 40.0, 0.25)  # fmt: skip
     assert (hutchinson["scoresde_nfe"], hutchinson["scipy_nfe"], hutchinson["nfe_ratio_vs_scipy"]) == (90, 120, 0.75)
     assert exact["k_diffusion_nfe"] == hutchinson["k_diffusion_nfe"] == 160
 
