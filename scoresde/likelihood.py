@@ -271,6 +271,11 @@ def _divergence_fn(kind: str, probes: Tensor | None) -> Divergence:
     return lambda out, x, create_graph: _hutchinson_divergence(out, x, probes, create_graph)
 
 
+def _probed_divergence(out: Tensor, x: Tensor, probes: Tensor | None) -> Tensor:
+    """The divergence of a grid solve (:func:`~scoresde.solvers.flow.solve_flow_on_grid`)."""
+    return _exact_divergence(out, x, False) if probes is None else _hutchinson_divergence(out, x, probes, False)
+
+
 # ----------------------------------------------------------------------------- public API
 
 
@@ -373,7 +378,7 @@ def log_likelihood(
             )  # fmt: skip
         else:
             flow, solved = solve_flow_on_grid(
-                score_fn, sde, x, times, rtol=grid.rtol, atol=grid.atol, divergence=_divergence_fn(divergence, probes)
+                score_fn, sde, x, times, rtol=grid.rtol, atol=grid.atol, divergence=_probed_divergence, probes=probes
             )
             sample_nfe = solved.sample_evaluations
         z, delta = flow.x[-1], flow.delta_log_prob
@@ -553,7 +558,7 @@ def likelihood_grid(
         times = _times_of(clock, time_of_clock, ends)
         with torch.no_grad():
             flow, solved = solve_flow_on_grid(
-                score_fn, sde, x, times, rtol=rtol, atol=atol, divergence=_divergence_fn(divergence, probes),
+                score_fn, sde, x, times, rtol=rtol, atol=atol, divergence=_probed_divergence, probes=probes,
                 refine=False,
             )  # fmt: skip
         nfe += flow.nfe

@@ -13,7 +13,7 @@ from scoresde.solvers.embedded import solve_on_grid
 from tests.conftest import SDE_FACTORIES, separated_mixture_2d
 
 
-def _field(u, y):
+def _field(u, y, constants):
     (v,) = y
     return (torch.cos(u) * v,)  # y = y0 exp(sin u)
 
@@ -49,7 +49,7 @@ def test_refinement_holds_every_sample_to_the_tolerance_on_a_coarse_grid():
 
 
 def test_refinement_gives_up_with_a_clear_error():
-    def blows_up(u, y):
+    def blows_up(u, y, constants):
         return (y[0] / (1.5 - u) ** 2,)  # singular inside the interval
 
     y0 = (torch.ones(3, 1, dtype=torch.float64),)
@@ -93,12 +93,17 @@ def test_grid_designed_on_a_pilot_transfers_to_fresh_data(mixture_problem):
     assert grid.nfe > 0 and grid.step_ratios.max() < 1
 
 
-def test_a_samples_grid_likelihood_does_not_depend_on_its_batch_mates(mixture_problem):
+@pytest.mark.parametrize("divergence", ["exact", "hutchinson"])
+def test_a_samples_grid_likelihood_does_not_depend_on_its_batch_mates(mixture_problem, divergence):
+    # a coarse grid (two equal clock steps), so samples are refined, each as deep as it needs;
+    # with per-sample seeds each sample's Hutchinson probe follows it into its refinements
     sde, score, pilot, x, _, _ = mixture_problem
-    grid = sd.likelihood_grid(score, sde, pilot, rtol=1e-5, atol=1e-5)
-    batch = sd.log_likelihood(score, sde, x[:50], grid=grid)
+    grid = sd.likelihood_grid(score, sde, pilot[:8], rtol=1e-6, atol=1e-6, num_steps=2, iterations=1)
+    kwargs = {"grid": grid, "divergence": divergence, "seed": 5}
+    batch = sd.log_likelihood(score, sde, x[:50], sample_indices=range(50), **kwargs)
+    assert len(set(batch.sample_nfe.tolist())) > 1 and batch.sample_nfe.min() > 13  # refined, unevenly
     for i in (0, 17, 49):
-        alone = sd.log_likelihood(score, sde, x[i : i + 1], grid=grid)
+        alone = sd.log_likelihood(score, sde, x[i : i + 1], sample_indices=[i], **kwargs)
         torch.testing.assert_close(alone.log_prob, batch.log_prob[i : i + 1], rtol=1e-12, atol=1e-12)
         assert alone.nfe == batch.sample_nfe[i]
 

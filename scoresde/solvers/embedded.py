@@ -31,7 +31,9 @@ from scoresde.solvers._common import NonFiniteError
 from scoresde.solvers.tsit5 import B_HAT, A, B, C
 
 State = tuple[Tensor, ...]
-Field = Callable[[Tensor, State], State]
+Field = Callable[[Tensor, State, State], State]
+"""``(u, y, constants) -> dy/du``: ``constants`` are per-sample tensors (batch first) that ride
+along with the samples being stepped, as Hutchinson probes must."""
 ERROR_WEIGHTS = tuple(b - b_hat for b, b_hat in zip(B, B_HAT, strict=True))
 """:math:`b - \\hat b`, the weights of the error estimate."""
 EVALS_PER_STEP = len(C)
@@ -66,16 +68,18 @@ def sample_error_ratio(error: State, y0: State, y1: State, rtol: float, atol: fl
     return torch.stack(ratios).amax(0)
 
 
-def tsit5_step(func: Field, y: State, k0: State, u0: Tensor, h: Tensor) -> tuple[State, State, State]:
-    """One step of Tsitouras' pair from ``(u0, y)`` with ``k0 = func(u0, y)``: the fifth-order
-    solution, the field there (for the next step) and the error estimate."""
+def tsit5_step(
+    func: Field, y: State, k0: State, u0: Tensor, h: Tensor, constants: State = ()
+) -> tuple[State, State, State]:
+    """One step of Tsitouras' pair from ``(u0, y)`` with ``k0 = func(u0, y, constants)``: the
+    fifth-order solution, the field there (for the next step) and the error estimate."""
     stages = [k0]
     for row, c in zip(A, C, strict=True):
         stage_y = tuple(
             part + h.to(part.dtype) * sum(a * k[p] for a, k in zip(row, stages, strict=False))
             for p, part in enumerate(y)
         )
-        stages.append(func(u0 + c * h, stage_y))
+        stages.append(func(u0 + c * h, stage_y, constants))
     error = tuple(
         h.to(part.dtype) * sum(w * k[p] for w, k in zip(ERROR_WEIGHTS, stages, strict=True))
         for p, part in enumerate(y)
@@ -84,12 +88,13 @@ def tsit5_step(func: Field, y: State, k0: State, u0: Tensor, h: Tensor) -> tuple
 
 
 def solve_on_grid(
-    func: Field, y0: State, clock: Tensor, *, rtol: float, atol: float, refine: bool = True, max_depth: int = 12,
-    what: str = "the ODE",
+    func: Field, y0: State, clock: Tensor, *, rtol: float, atol: float, constants: State = (), refine: bool = True,
+    max_depth: int = 12, what: str = "the ODE",
 ) -> GridSolution:
-    """Integrate ``dy/du = func(u, y)`` (``y`` a tuple of ``(batch, ...)`` tensors) through the
-    monotone float64 ``clock`` grid, one step per interval, refining per sample (module
-    docstring; ``refine=False`` takes every interval whole and only measures). Raises
+    """Integrate ``dy/du = func(u, y, constants)`` (``y`` and ``constants`` tuples of
+    ``(batch, ...)`` tensors) through the monotone float64 ``clock`` grid, one step per interval,
+    refining per sample (module docstring; ``refine=False`` takes every interval whole and only
+    measures). Raises
     :class:`~scoresde.solvers.NonFiniteError` naming the interval if a sample still misses the
     tolerance after ``max_depth`` halvings (``what`` names the field)."""
     batch = y0[0].shape[0]
@@ -97,9 +102,11 @@ def solve_on_grid(
     calls = 1
     ratios: list[Tensor] = []
 
-    def advance(y: State, k0: State, u0: Tensor, u1: Tensor, rows: Tensor, depth: int) -> tuple[State, State]:
+    def advance(
+        y: State, k0: State, c: State, u0: Tensor, u1: Tensor, rows: Tensor, depth: int
+    ) -> tuple[State, State]:
         nonlocal calls
-        y1, k1, error = tsit5_step(func, y, k0, u0, u1 - u0)
+        y1, k1, error = tsit5_step(func, y, k0, u0, u1 - u0, c)
         calls += EVALS_PER_STEP
         counts.index_add_(0, rows, torch.full_like(rows, EVALS_PER_STEP))
         ratio = sample_error_ratio(error, y, y1, rtol, atol)
@@ -117,19 +124,19 @@ def solve_on_grid(
                 "design the grid again (likelihood_grid) or loosen the tolerances"
             )
         half = 0.5 * (u0 + u1)
-        sub_y, sub_k = tuple(p[bad] for p in y), tuple(p[bad] for p in k0)
-        mid_y, mid_k = advance(sub_y, sub_k, u0, half, rows[bad], depth + 1)
-        end_y, end_k = advance(mid_y, mid_k, half, u1, rows[bad], depth + 1)
+        sub_y, sub_k, sub_c = (tuple(p[bad] for p in parts) for parts in (y, k0, c))
+        mid_y, mid_k = advance(sub_y, sub_k, sub_c, u0, half, rows[bad], depth + 1)
+        end_y, end_k = advance(mid_y, mid_k, sub_c, half, u1, rows[bad], depth + 1)
         y1 = tuple(p.index_copy(0, bad, q) for p, q in zip(y1, end_y, strict=True))
         k1 = tuple(p.index_copy(0, bad, q) for p, q in zip(k1, end_k, strict=True))
         return y1, k1
 
     rows = torch.arange(batch, device=counts.device)
     counts += 1
-    y, k = y0, func(clock[0], y0)
+    y, k = y0, func(clock[0], y0, constants)
     states = [y0]
     for u0, u1 in itertools.pairwise(clock):
-        y, k = advance(y, k, u0, u1, rows, 0)
+        y, k = advance(y, k, constants, u0, u1, rows, 0)
         states.append(y)
     stacked = tuple(torch.stack([s[p] for s in states]) for p in range(len(y0)))
     return GridSolution(stacked, calls, counts, torch.stack(ratios) if ratios else clock.new_zeros(0))

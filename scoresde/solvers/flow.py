@@ -52,6 +52,9 @@ REFERENCE_SCHEDULE = LinearBeta(beta_min=0.1, beta_max=20.0)
 
 Divergence = Callable[[Tensor, Tensor, bool], Tensor]
 """``(v, x, create_graph) -> (batch,)``: the divergence of ``v`` (computed from the leaf ``x``)."""
+ProbedDivergence = Callable[[Tensor, Tensor, Tensor | None], Tensor]
+"""``(v, x, probes) -> (batch,)``: the same without a graph, given the rows' Hutchinson probes
+``(K, batch, *event)`` (``None``: exact)."""
 
 
 def log_snr_of_clock(u: Tensor) -> Tensor:
@@ -300,19 +303,26 @@ def solve_flow_on_grid(
     *,
     rtol: float,
     atol: float,
-    divergence: Divergence,
+    divergence: ProbedDivergence,
+    probes: Tensor | None = None,
     refine: bool = True,
 ) -> tuple[FlowSolution, GridSolution]:
     """:func:`solve_flow` with a divergence, one step of Tsitouras' pair per interval of the
     float64 SDE ``times`` in the same coordinates, refined per sample where its error estimate
     misses ``rtol``/``atol`` unless ``refine`` is off (:func:`scoresde.solvers.embedded.solve_on_grid`,
-    whose statistics come back beside the solution). Without the autograd graph."""
+    whose statistics come back beside the solution). ``probes`` ``(K, batch, *event)`` (Hutchinson's)
+    go to ``divergence`` with the samples being stepped. Without the autograd graph."""
     score = CountingScore(score_fn)
     coords = flow_coordinates(sde, score, times)
-    func = _WithDivergence(coords.field, divergence, build_graph=False)
+
+    def func(u: Tensor, state: tuple[Tensor, ...], constants: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        rows = constants[0].transpose(0, 1) if constants else None  # back to (K, rows, *event)
+        with_div = _WithDivergence(coords.field, lambda v, w, _: divergence(v, w, rows), build_graph=False)
+        return with_div(u, state)
+
     grid = solve_on_grid(
         func, (coords.to_state(x, times[0]), x.new_zeros(x.shape[0])), coords.clock(times), rtol=rtol, atol=atol,
-        refine=refine, what=coords.what,
+        constants=() if probes is None else (probes.transpose(0, 1),), refine=refine, what=coords.what,
     )  # fmt: skip
     ws, deltas = grid.states
     return _solution(coords, x, times, ws, deltas, score.calls), grid
