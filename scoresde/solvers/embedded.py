@@ -94,9 +94,8 @@ def solve_on_grid(
     """Integrate ``dy/du = func(u, y, constants)`` (``y`` and ``constants`` tuples of
     ``(batch, ...)`` tensors) through the monotone float64 ``clock`` grid, one step per interval,
     refining per sample (module docstring; ``refine=False`` takes every interval whole and only
-    measures). Raises
-    :class:`~scoresde.solvers.NonFiniteError` naming the interval if a sample still misses the
-    tolerance after ``max_depth`` halvings (``what`` names the field)."""
+    measures). Raises :class:`~scoresde.solvers.NonFiniteError` naming the interval if a sample
+    still misses the tolerance after ``max_depth`` halvings (``what`` names the field)."""
     batch = y0[0].shape[0]
     counts = torch.zeros(batch, dtype=torch.long, device=y0[0].device)
     calls = 1
