@@ -22,6 +22,9 @@ Every function counts ``nfe``, the number of ``score_fn`` evaluations (torchdiff
 initial step-size selection included). One adaptive step size is shared by the whole batch;
 the error control takes the worst sample rather than the batch RMS, so ``rtol``/``atol`` hold
 per sample and a sample's result depends on its batch-mates only within that tolerance.
+On a grid designed once on a pilot batch (:func:`likelihood_grid`, ``log_likelihood(grid=...)``)
+every sample takes the grid's steps and halves only its own where its error estimate misses the
+tolerance: no step-size search per batch, and results independent of the batch-mates.
 """
 
 from __future__ import annotations
