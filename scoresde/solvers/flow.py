@@ -321,7 +321,8 @@ def solve_flow_on_grid(
         return with_div(u, state)
 
     grid = solve_on_grid(
-        func, (coords.to_state(x, times[0]), x.new_zeros(x.shape[0])), coords.clock(times), rtol=rtol, atol=atol,
+        func, (coords.to_state(x, times[0]), x.new_zeros(x.shape[0])), coords.clock(times).to(x.device),
+        rtol=rtol, atol=atol,
         constants=() if probes is None else (probes.transpose(0, 1),), refine=refine, what=coords.what,
     )  # fmt: skip
     ws, deltas = grid.states
