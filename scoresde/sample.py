@@ -485,7 +485,8 @@ def sample_ode(
         afs: the analytical first step (:mod:`scoresde.solvers.afs`): the first score evaluation
             of a fixed-step method, at ``t_start``, replaced by the score of the marginal of
             :math:`\mathcal N(0, I)` data, which saves one NFE (a :class:`~scoresde.LinearSDE` only;
-            accurate when ``t_start`` is near ``T``, where the marginal is nearly the prior).
+            accurate when ``t_start`` is near ``T``, where the marginal is nearly the prior, and
+            the data are roughly centred: its first data prediction is about 0).
 
     :func:`~scoresde.encode` integrates the same ODE forward, from data to latent.
     """
