@@ -248,24 +248,41 @@ def _flow_setup(
 ) -> tuple[Tensor, Method, float, float]:
     """Validate the arguments shared by every solve; return its float64 SDE times, from the data
     end ``t_end`` to ``T`` (``forward``) or back, the method and the tolerances."""
-    if not isinstance(sde, SDE):
-        raise TypeError(f"sde must be an scoresde.SDE, got {type(sde).__name__}")
-    if not callable(score_fn):
-        raise TypeError(f"score_fn must be callable (x, t) -> score, got {type(score_fn).__name__}")
+    _check_model(score_fn, sde)
     if t_min is not None:
         warnings.warn("t_min= is now t_end= (the data end of the path, as in the samplers)", DeprecationWarning, 3)
         if t_end is not None:
             raise ValueError("give t_end, not both t_end and its old name t_min")
         t_end = t_min
     solver, rtol, atol = check_flow_args(method, rtol, atol, options, num_steps, function)
-    t_end = sde.t_min if t_end is None else t_end
-    if not isinstance(t_end, (int, float)) or isinstance(t_end, bool) or not 0 <= t_end < sde.T:
-        raise ValueError(f"t_end must be a number in [0, T={sde.T}), got {t_end!r}")
+    t_end = _checked_t_end(sde, t_end)
     if num_steps is None:
         times = torch.tensor([sde.T, float(t_end)], dtype=torch.float64)
     else:
         times = time_grid(sde, num_steps, default_grid_kind(sde), t_end=float(t_end))
     return (times.flip(0) if forward else times), solver, rtol, atol
+
+
+def _check_model(score_fn: Any, sde: Any) -> None:
+    if not isinstance(sde, SDE):
+        raise TypeError(f"sde must be an scoresde.SDE, got {type(sde).__name__}")
+    if not callable(score_fn):
+        raise TypeError(f"score_fn must be callable (x, t) -> score, got {type(score_fn).__name__}")
+
+
+def _checked_t_end(sde: SDE, t_end: Any) -> float:
+    """``t_end``, ``sde.t_min`` if ``None``, checked to lie in ``[0, T)``."""
+    t_end = sde.t_min if t_end is None else t_end
+    if not isinstance(t_end, (int, float)) or isinstance(t_end, bool) or not 0 <= t_end < sde.T:
+        raise ValueError(f"t_end must be a number in [0, T={sde.T}), got {t_end!r}")
+    return float(t_end)
+
+
+def _resolved_divergence(kind: str, x: Tensor) -> str:
+    """``kind``, with ``"auto"`` made exact up to :data:`EXACT_DIVERGENCE_MAX_DIM` values per sample."""
+    if kind != "auto":
+        return kind
+    return "exact" if x[0].numel() <= EXACT_DIVERGENCE_MAX_DIM else "hutchinson"
 
 
 def _divergence_fn(kind: str, probes: Tensor | None) -> Divergence:
@@ -367,8 +384,7 @@ def log_likelihood(
             "adjoint=True cannot find the parameters of a score_fn that is not an nn.Module; "
             "pass adjoint_params=[...] (or () if there are none)"
         )
-    if divergence == "auto":
-        divergence = "exact" if x[0].numel() <= EXACT_DIVERGENCE_MAX_DIM else "hutchinson"
+    divergence = _resolved_divergence(divergence, x)
     noise = noise_source(generator, seed, sample_indices)
     probes = _draw_probes(probe, num_probes, x, noise) if divergence == "hutchinson" else None
     sample_nfe = None
@@ -403,10 +419,7 @@ def _check_grid(
     """Validate ``log_likelihood(grid=...)`` against the arguments the grid replaces; its times."""
     if not isinstance(grid, LikelihoodGrid):
         raise TypeError(f"grid must be a LikelihoodGrid (from likelihood_grid), got {type(grid).__name__}")
-    if not isinstance(sde, SDE):
-        raise TypeError(f"sde must be an scoresde.SDE, got {type(sde).__name__}")
-    if not callable(score_fn):
-        raise TypeError(f"score_fn must be callable (x, t) -> score, got {type(score_fn).__name__}")
+    _check_model(score_fn, sde)
     given = {"rtol": rtol, "atol": atol, "options": options, "num_steps": num_steps}
     clashing = [f"{k}={v!r}" for k, v in given.items() if v is not None]
     clashing += [f"{k}=True" for k, v in (("grad", grad), ("adjoint", adjoint)) if v]
@@ -532,32 +545,26 @@ def likelihood_grid(
     Returns:
         a :class:`LikelihoodGrid`.
     """
-    if not isinstance(sde, SDE):
-        raise TypeError(f"sde must be an scoresde.SDE, got {type(sde).__name__}")
-    if not callable(score_fn):
-        raise TypeError(f"score_fn must be callable (x, t) -> score, got {type(score_fn).__name__}")
+    _check_model(score_fn, sde)
     check_tolerances(rtol, atol)
     if not isinstance(target, (int, float)) or isinstance(target, bool) or not 0 < target < 1:
         raise ValueError(f"target must be a number in (0, 1), got {target!r}")
     for name, value in (("num_steps", num_steps), ("iterations", iterations)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
-    t_end = sde.t_min if t_end is None else t_end
-    if not isinstance(t_end, (int, float)) or isinstance(t_end, bool) or not 0 <= t_end < sde.T:
-        raise ValueError(f"t_end must be a number in [0, T={sde.T}), got {t_end!r}")
+    t_end = _checked_t_end(sde, t_end)
     _check_state(x, "x")
     _check_divergence_args(divergence, probe, num_probes, allow_auto=True)
     check_generator(generator)
-    if divergence == "auto":
-        divergence = "exact" if x[0].numel() <= EXACT_DIVERGENCE_MAX_DIM else "hutchinson"
+    divergence = _resolved_divergence(divergence, x)
     probes = _draw_probes(probe, num_probes, x, BatchNoise(generator)) if divergence == "hutchinson" else None
-    ends = torch.tensor([float(t_end), sde.T], dtype=torch.float64)
+    ends = torch.tensor([t_end, sde.T], dtype=torch.float64)
     clock_ends, time_of_clock = flow_clock(sde, ends)
     clock = torch.linspace(clock_ends[0].item(), clock_ends[1].item(), num_steps + 1, dtype=torch.float64)
     nfe, ratios = 0, None
     for _ in range(iterations):
         if ratios is not None:
-            clock = _equidistributed(clock.cpu(), ratios, target).to(clock.device)
+            clock = _equidistributed(clock, ratios, target)
         times = _times_of(clock, time_of_clock, ends)
         with torch.no_grad():
             flow, solved = solve_flow_on_grid(
